@@ -1,0 +1,145 @@
+/*
+ * pool.c: the thread pool (see pool.h for the contract).
+ *
+ * One job at a time. The job's state is a 64-bit word `claim`: the job's generation in the
+ * high 32 bits and the next unclaimed chunk in the low 32 bits. A worker claims a chunk with
+ * a compare-and-swap that also checks the generation, so a worker that wakes up late can
+ * never claim a chunk of a newer job with the older job's function.
+ */
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "pool.h"
+
+#define KVP_SPIN_ITERS 20000 /* pause loops before sleeping: tens of microseconds */
+
+struct kvp_pool {
+    int n_threads;
+    pthread_t *threads;
+    _Atomic uint64_t claim;     /* (generation << 32) | next chunk */
+    _Atomic uint32_t gen;       /* futex word the workers sleep on */
+    _Atomic uint32_t done;      /* chunks finished in the current job; futex word of the caller */
+    _Atomic int stop;
+    kvp_task_fn fn;             /* written before gen is published */
+    void *arg;
+    int n_chunks;
+};
+
+typedef struct {
+    kvp_pool *pool;
+    int ith;
+} kvp_worker;
+
+static long kvp_futex(_Atomic uint32_t *addr, int op, uint32_t val) {
+    return syscall(SYS_futex, (uint32_t *)addr, op | FUTEX_PRIVATE_FLAG, val, NULL, NULL, 0);
+}
+
+static inline void kvp_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claims and runs chunks of job `gen` until none is left. */
+static void kvp_pool_work(kvp_pool *p, uint32_t gen, int ith) {
+    for (;;) {
+        uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
+        if ((uint32_t)(c >> 32) != gen || (int)(uint32_t)c >= p->n_chunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_relaxed))
+            continue;
+        p->fn(p->arg, (int)(uint32_t)c, ith);
+        uint32_t d = atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1;
+        if ((int)d == p->n_chunks) kvp_futex(&p->done, FUTEX_WAKE, 1);
+    }
+}
+
+static uint32_t kvp_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *stop) {
+    for (int i = 0; i < KVP_SPIN_ITERS; i++) {
+        uint32_t v = atomic_load_explicit(word, memory_order_acquire);
+        if (v != old || (stop && atomic_load(stop))) return v;
+        kvp_cpu_relax();
+    }
+    for (;;) {
+        uint32_t v = atomic_load_explicit(word, memory_order_acquire);
+        if (v != old || (stop && atomic_load(stop))) return v;
+        kvp_futex(word, FUTEX_WAIT, old);
+    }
+}
+
+static void *kvp_worker_main(void *varg) {
+    kvp_worker *w = varg;
+    kvp_pool *p = w->pool;
+    int ith = w->ith;
+    free(w);
+    uint32_t seen = atomic_load(&p->gen);
+    for (;;) {
+        seen = kvp_wait_change(&p->gen, seen, &p->stop);
+        if (atomic_load(&p->stop)) return NULL;
+        kvp_pool_work(p, seen, ith);
+    }
+}
+
+int kvp_pool_new(int n_threads, kvp_pool **out) {
+    *out = NULL;
+    if (n_threads < 1 || n_threads > 1024)
+        return kvp_seterr(KVP_EINVAL, "thread count %d is out of range 1..1024", n_threads);
+    kvp_pool *p = calloc(1, sizeof *p);
+    if (!p) return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool");
+    p->n_threads = n_threads;
+    p->threads = calloc((size_t)n_threads, sizeof *p->threads);
+    if (!p->threads) { free(p); return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool"); }
+    for (int i = 1; i < n_threads; i++) {
+        kvp_worker *w = malloc(sizeof *w);
+        if (w) { w->pool = p; w->ith = i; }
+        if (!w || pthread_create(&p->threads[i], NULL, kvp_worker_main, w) != 0) {
+            free(w);
+            p->n_threads = i; /* join the ones already running */
+            kvp_pool_free(p);
+            return kvp_seterr(KVP_ENOMEM, "cannot start worker thread %d", i);
+        }
+    }
+    *out = p;
+    return KVP_OK;
+}
+
+void kvp_pool_free(kvp_pool *p) {
+    if (!p) return;
+    atomic_store(&p->stop, 1);
+    atomic_fetch_add(&p->gen, 1);
+    kvp_futex(&p->gen, FUTEX_WAKE, INT32_MAX);
+    for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+    free(p->threads);
+    free(p);
+}
+
+int kvp_pool_size(const kvp_pool *p) { return p ? p->n_threads : 1; }
+
+void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
+    if (n_chunks <= 0) return;
+    if (!p || p->n_threads == 1 || n_chunks == 1) {
+        for (int c = 0; c < n_chunks; c++) fn(arg, c, 0);
+        return;
+    }
+    uint32_t gen = atomic_load(&p->gen) + 1;
+    p->fn = fn;
+    p->arg = arg;
+    p->n_chunks = n_chunks;
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->claim, (uint64_t)gen << 32, memory_order_release);
+    atomic_store_explicit(&p->gen, gen, memory_order_release);
+    kvp_futex(&p->gen, FUTEX_WAKE, INT32_MAX);
+    kvp_pool_work(p, gen, 0);
+    /* Every chunk is claimed; wait for the ones other threads are still running. */
+    for (;;) {
+        uint32_t d = atomic_load_explicit(&p->done, memory_order_acquire);
+        if ((int)d == n_chunks) break;
+        kvp_wait_change(&p->done, d, NULL);
+    }
+}

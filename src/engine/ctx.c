@@ -1,0 +1,255 @@
+/*
+ * ctx.c: a context (model + KV cache + thread pool + activation buffers) and the forward
+ * pass of the llama architecture, for a batch of tokens at once.
+ *
+ * Per layer, for a batch of B tokens at positions [pos, pos + B):
+ *   xb = rmsnorm(x) * attn_norm                    (B, dim)
+ *   q = xb Wq^T, k = xb Wk^T, v = xb Wv^T          (B, q_dim), (B, kv_dim), (B, kv_dim)
+ *   rope(q), rope(k)
+ *   kv.append(k, v); att = kv.attend(q)            (B, q_dim)
+ *   x += att Wo^T
+ *   xb = rmsnorm(x) * ffn_norm
+ *   hb = silu(xb Wgate^T) * (xb Wup^T)             (B, hidden)
+ *   x += hb Wdown^T
+ * then logits = rmsnorm(x) * out_norm  Wout^T for the rows whose logits are wanted.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/common.h"
+#include "common/pool.h"
+#include "kernels/kernels.h"
+#include "kv/kv.h"
+#include "model/model.h"
+
+struct kvp_ctx {
+    kvp_model *m;
+    kvp_kv *kv;
+    kvp_pool *pool;
+    int n_ctx, n_batch;
+    float *x;       /* (n_batch, dim) residual stream */
+    float *xb;      /* (n_batch, dim) normalized input of a sublayer */
+    float *q;       /* (n_batch, q_dim) */
+    float *k, *v;   /* (n_batch, kv_dim) */
+    float *att;     /* (n_batch, q_dim) attention output */
+    float *hb, *hb2;/* (n_batch, hidden_dim) */
+    void *xp;       /* prepared activations, (n_batch, act_bytes(max cols)) */
+};
+
+kvp_ctx_params kvp_ctx_default_params(void) {
+    kvp_ctx_params p = {0, 1, 256, "f16"};
+    return p;
+}
+
+/* ---- matrix multiplication over the pool ---- */
+
+typedef struct {
+    const kvp_weight *w;
+    const void *xp;
+    int n;
+    float *y;
+    int rows_per_chunk;
+} kvp_mm_job;
+
+static void kvp_mm_task(void *arg, int chunk, int thread) {
+    const kvp_mm_job *j = arg;
+    int r0 = chunk * j->rows_per_chunk, r1 = KVP_MIN(j->w->rows, r0 + j->rows_per_chunk);
+    kvp_gemm(j->w->type, j->w->data, j->w->cols, j->xp, j->n, j->y, j->w->rows, r0, r1);
+}
+
+/* Y (n, w.rows) = X (n, w.cols) W^T, where X was prepared for w's type by kvp_ctx_prep. */
+static void kvp_ctx_mm(kvp_ctx *c, const kvp_weight *w, const void *xp, int n, float *y) {
+    int nt = kvp_pool_size(c->pool);
+    int chunks = nt == 1 ? 1 : KVP_MIN(w->rows / 16, 8 * nt);
+    if (chunks < 1) chunks = 1;
+    int per = (w->rows + chunks - 1) / chunks;
+    per = (per + 15) & ~15; /* keep the kernels' row tiles whole */
+    kvp_mm_job j = {w, xp, n, y, per};
+    kvp_pool_run(c->pool, kvp_mm_task, &j, (w->rows + per - 1) / per);
+}
+
+/* Prepares X (n, cols) for multiplication by weights of type wtype. */
+static const void *kvp_ctx_prep(kvp_ctx *c, int wtype, const float *x, int n, int cols) {
+    if (kvp_act_bytes(wtype, cols) == sizeof(float) * (size_t)cols) return x;
+    kvp_act_prepare(wtype, x, n, cols, c->xp);
+    return c->xp;
+}
+
+/* y = x W^T for weights that may have different activation formats. */
+static void kvp_ctx_matmul(kvp_ctx *c, const kvp_weight *w, const float *x, int n, float *y) {
+    kvp_ctx_mm(c, w, kvp_ctx_prep(c, w->type, x, n, w->cols), n, y);
+}
+
+/* ---- the forward pass ---- */
+
+static void kvp_ctx_embed(kvp_ctx *c, const int *tokens, int n) {
+    const kvp_weight *e = &c->m->tok_embd;
+    for (int i = 0; i < n; i++)
+        kvp_dequant_row(e->type, (const uint8_t *)e->data + (size_t)tokens[i] * e->row_bytes,
+                        c->x + (size_t)i * (size_t)e->cols, e->cols);
+}
+
+static void kvp_ctx_norm(kvp_ctx *c, const float *w, int n) {
+    int dim = c->m->info.dim;
+    for (int i = 0; i < n; i++)
+        kvp_rmsnorm(c->xb + (size_t)i * dim, c->x + (size_t)i * dim, w, dim, c->m->info.norm_eps);
+}
+
+static void kvp_ctx_residual(float *x, const float *d, size_t count) {
+    for (size_t i = 0; i < count; i++) x[i] += d[i];
+}
+
+static int kvp_ctx_attention(kvp_ctx *c, int l, int pos, int n) {
+    const kvp_model_info *in = &c->m->info;
+    const kvp_layer_weights *L = &c->m->layers[l];
+    int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
+    kvp_ctx_norm(c, L->attn_norm, n);
+    const void *xp = kvp_ctx_prep(c, L->wq.type, c->xb, n, in->dim);
+    kvp_ctx_mm(c, &L->wq, xp, n, c->q);
+    if (L->wk.type != L->wq.type) xp = kvp_ctx_prep(c, L->wk.type, c->xb, n, in->dim);
+    kvp_ctx_mm(c, &L->wk, xp, n, c->k);
+    if (L->wv.type != L->wk.type) xp = kvp_ctx_prep(c, L->wv.type, c->xb, n, in->dim);
+    kvp_ctx_mm(c, &L->wv, xp, n, c->v);
+    for (int i = 0; i < n; i++) {
+        kvp_rope(c->q + (size_t)i * qd, in->n_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, NULL);
+        kvp_rope(c->k + (size_t)i * kvd, in->n_kv_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, NULL);
+    }
+    KVP_TRY(c->kv->vt->append(c->kv, l, pos, n, c->k, c->v));
+    KVP_TRY(c->kv->vt->attend(c->kv, l, pos, n, c->q, c->att));
+    kvp_ctx_matmul(c, &L->wo, c->att, n, c->xb);
+    kvp_ctx_residual(c->x, c->xb, (size_t)n * in->dim);
+    return KVP_OK;
+}
+
+static void kvp_ctx_ffn(kvp_ctx *c, int l, int n) {
+    const kvp_model_info *in = &c->m->info;
+    const kvp_layer_weights *L = &c->m->layers[l];
+    kvp_ctx_norm(c, L->ffn_norm, n);
+    const void *xp = kvp_ctx_prep(c, L->w_gate.type, c->xb, n, in->dim);
+    kvp_ctx_mm(c, &L->w_gate, xp, n, c->hb);
+    if (L->w_up.type != L->w_gate.type) xp = kvp_ctx_prep(c, L->w_up.type, c->xb, n, in->dim);
+    kvp_ctx_mm(c, &L->w_up, xp, n, c->hb2);
+    kvp_swiglu(c->hb, c->hb, c->hb2, n * in->hidden_dim);
+    kvp_ctx_matmul(c, &L->w_down, c->hb, n, c->xb);
+    kvp_ctx_residual(c->x, c->xb, (size_t)n * in->dim);
+}
+
+/* Logits of rows [first, n) of the batch into out ((n - first), vocab). */
+static void kvp_ctx_logits(kvp_ctx *c, int first, int n, float *out) {
+    const kvp_model_info *in = &c->m->info;
+    for (int i = first; i < n; i++)
+        kvp_rmsnorm(c->xb + (size_t)(i - first) * in->dim, c->x + (size_t)i * in->dim, c->m->out_norm,
+                    in->dim, in->norm_eps);
+    kvp_ctx_matmul(c, &c->m->output, c->xb, n - first, out);
+}
+
+/* One batch of n <= n_batch tokens; logits as in kvp_ctx_decode. */
+static int kvp_ctx_batch(kvp_ctx *c, const int *tokens, int n, float *logits, int all_logits) {
+    int pos = c->kv->n_pos;
+    KVP_TRY(c->kv->vt->begin(c->kv, pos, n, tokens));
+    kvp_ctx_embed(c, tokens, n);
+    for (int l = 0; l < c->m->info.n_layers; l++) {
+        KVP_TRY(kvp_ctx_attention(c, l, pos, n));
+        kvp_ctx_ffn(c, l, n);
+    }
+    KVP_TRY(c->kv->vt->end(c->kv));
+    if (!logits) return KVP_OK;
+    kvp_ctx_logits(c, all_logits ? 0 : n - 1, n, logits);
+    return KVP_OK;
+}
+
+static int kvp_ctx_check_tokens(const kvp_ctx *c, const int *tokens, int n) {
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->m->info.vocab_size)
+            return kvp_seterr(KVP_ERANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
+                              tokens[i], i, c->m->info.vocab_size - 1);
+    if (c->kv->n_pos + n > c->n_ctx)
+        return kvp_seterr(KVP_ERANGE, "context is full: %d tokens stored, %d more do not fit in %d",
+                          c->kv->n_pos, n, c->n_ctx);
+    return KVP_OK;
+}
+
+int kvp_ctx_decode(kvp_ctx *c, const int *tokens, int n, float *logits, int all_logits) {
+    if (n <= 0) return kvp_seterr(KVP_EINVAL, "no tokens to decode");
+    KVP_TRY(kvp_ctx_check_tokens(c, tokens, n));
+    int V = c->m->info.vocab_size;
+    for (int i = 0; i < n; i += c->n_batch) {
+        int b = KVP_MIN(c->n_batch, n - i), last = i + b == n;
+        float *lg = !logits ? NULL : all_logits ? logits + (size_t)i * V : (last ? logits : NULL);
+        KVP_TRY(kvp_ctx_batch(c, tokens + i, b, lg, all_logits));
+    }
+    return KVP_OK;
+}
+
+/* ---- lifetime ---- */
+
+static int kvp_ctx_buffers(kvp_ctx *c) {
+    const kvp_model_info *in = &c->m->info;
+    size_t B = (size_t)c->n_batch, qd = (size_t)in->n_heads * in->head_dim;
+    size_t kvd = (size_t)in->n_kv_heads * in->head_dim;
+    size_t wide = (size_t)KVP_MAX(KVP_MAX(in->dim, in->hidden_dim), (int)qd);
+    size_t xb_rows = KVP_MAX(B, 1);
+    c->x = kvp_amalloc(sizeof(float) * B * in->dim);
+    c->xb = kvp_amalloc(sizeof(float) * xb_rows * KVP_MAX((size_t)in->dim, qd));
+    c->q = kvp_amalloc(sizeof(float) * B * qd);
+    c->k = kvp_amalloc(sizeof(float) * B * kvd);
+    c->v = kvp_amalloc(sizeof(float) * B * kvd);
+    c->att = kvp_amalloc(sizeof(float) * B * qd);
+    c->hb = kvp_amalloc(sizeof(float) * B * in->hidden_dim);
+    c->hb2 = kvp_amalloc(sizeof(float) * B * in->hidden_dim);
+    c->xp = kvp_amalloc(B * KVP_MAX(kvp_act_bytes(KVP_TYPE_Q8_0, (int)wide), sizeof(float) * wide));
+    if (!c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->hb || !c->hb2 || !c->xp)
+        return kvp_seterr(KVP_ENOMEM, "out of memory allocating activations for a batch of %d", c->n_batch);
+    return KVP_OK;
+}
+
+static int kvp_ctx_init(kvp_ctx *c, const kvp_ctx_params *p) {
+    const kvp_model_info *in = &c->m->info;
+    c->n_ctx = p->n_ctx > 0 ? p->n_ctx : in->n_ctx_train;
+    c->n_batch = p->n_batch > 0 ? KVP_MIN(p->n_batch, c->n_ctx) : KVP_MIN(256, c->n_ctx);
+    KVP_TRY(kvp_pool_new(p->n_threads > 0 ? p->n_threads : 1, &c->pool));
+    kvp_kv_shape shape = {in->n_layers, in->n_heads, in->n_kv_heads, in->head_dim, c->n_ctx};
+    KVP_TRY(kvp_kv_new(p->kv, &shape, c->pool, &c->kv));
+    return kvp_ctx_buffers(c);
+}
+
+int kvp_ctx_new(kvp_model *m, const kvp_ctx_params *p, kvp_ctx **out) {
+    *out = NULL;
+    kvp_ctx_params def = kvp_ctx_default_params();
+    if (!p) p = &def;
+    if (p->n_ctx < 0 || p->n_ctx > (1 << 24) || p->n_threads < 0 || p->n_batch < 0)
+        return kvp_seterr(KVP_EINVAL, "bad context parameters (n_ctx %d, threads %d, batch %d)", p->n_ctx,
+                          p->n_threads, p->n_batch);
+    kvp_ctx *c = calloc(1, sizeof *c);
+    if (!c) return kvp_seterr(KVP_ENOMEM, "out of memory creating a context");
+    c->m = m;
+    int rc = kvp_ctx_init(c, p);
+    if (rc < 0) {
+        kvp_ctx_free(c);
+        return rc;
+    }
+    *out = c;
+    return KVP_OK;
+}
+
+void kvp_ctx_free(kvp_ctx *c) {
+    if (!c) return;
+    kvp_kv_free(c->kv);
+    kvp_pool_free(c->pool);
+    float *bufs[] = {c->x, c->xb, c->q, c->k, c->v, c->att, c->hb, c->hb2};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) kvp_afree(bufs[i]);
+    kvp_afree(c->xp);
+    free(c);
+}
+
+int kvp_ctx_pos(const kvp_ctx *c) { return c->kv->n_pos; }
+int kvp_ctx_n_ctx(const kvp_ctx *c) { return c->n_ctx; }
+const kvp_model *kvp_ctx_model(const kvp_ctx *c) { return c->m; }
+void kvp_ctx_reset(kvp_ctx *c) { c->kv->vt->reset(c->kv); }
+int kvp_ctx_truncate(kvp_ctx *c, int n_tokens) { return c->kv->vt->truncate(c->kv, n_tokens); }
+
+int kvp_ctx_kv_stats(const kvp_ctx *c, kvp_kv_stats *st) {
+    c->kv->vt->stats(c->kv, st);
+    return KVP_OK;
+}

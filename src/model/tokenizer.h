@@ -1,0 +1,41 @@
+/*
+ * tokenizer.h: SentencePiece-style BPE (scores, byte fallback), as llama.cpp's `llama`
+ * tokenizer model and llama2.c implement it.
+ *
+ * A tokenizer is built from GGUF metadata (tokenizer.ggml.model = "llama", with
+ * tokenizer.ggml.tokens, .scores, .token_type, .bos_token_id, .eos_token_id,
+ * .unknown_token_id, .add_bos_token, .add_space_prefix) or from a llama2.c tokenizer .bin.
+ * It owns copies of everything it needs (it does not point into the model file).
+ * Encoding matches llama.cpp token for token: spaces become U+2581, a space is prefixed
+ * when the vocabulary asks for it, the best-scoring adjacent pair is merged first, and
+ * bytes with no piece fall back to <0xXX> tokens.
+ */
+#ifndef KVP_TOKENIZER_H
+#define KVP_TOKENIZER_H
+
+#include <stddef.h>
+
+#include "gguf.h"
+
+typedef struct kvp_tokenizer kvp_tokenizer;
+
+/* KVP_EUNSUPPORTED (naming the model) for tokenizer.ggml.model other than "llama". */
+int kvp_tokenizer_from_gguf(const kvp_gguf *g, kvp_tokenizer **out);
+/* A llama2.c tokenizer file: int32 max_token_length, then per token: float score,
+ * int32 len, len bytes. vocab_size comes from the checkpoint header. */
+int kvp_tokenizer_from_llama2c(const char *path, int vocab_size, kvp_tokenizer **out);
+void kvp_tokenizer_free(kvp_tokenizer *t);
+
+int kvp_tokenizer_n_vocab(const kvp_tokenizer *t);
+int kvp_tokenizer_bos(const kvp_tokenizer *t);
+int kvp_tokenizer_eos(const kvp_tokenizer *t);
+
+/* Same contract as kvp_tokenize() in kvpack.h. */
+int kvp_tokenizer_encode(const kvp_tokenizer *t, const char *text, size_t len, int add_bos,
+                         int *ids, int cap, int *n);
+/* Same contract as kvp_detokenize() in kvpack.h. */
+int kvp_tokenizer_decode(const kvp_tokenizer *t, int prev, int id, char *buf, size_t cap);
+/* The raw piece of a token as stored in the vocabulary (for `kvpack tokenize --pieces`). */
+const char *kvp_tokenizer_piece(const kvp_tokenizer *t, int id);
+
+#endif

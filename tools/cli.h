@@ -1,0 +1,53 @@
+/*
+ * cli.h: what the kvpack subcommands share: option tables, model opening, text input.
+ * The CLI is the only part of kvpack that prints or exits.
+ */
+#ifndef KVP_CLI_H
+#define KVP_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kvpack.h"
+
+enum { CLI_STR, CLI_INT, CLI_FLOAT, CLI_FLAG, CLI_U64, CLI_SIZE };
+
+typedef struct cli_opt {
+    const char *shrt;  /* "-m" or NULL */
+    const char *lng;   /* "--model" */
+    int kind;
+    void *dst;         /* const char **, int *, float *, int * (flag), uint64_t * */
+    const char *help;
+} cli_opt;
+
+/* Parses argv[1..] against opts (terminated by a zeroed entry). Returns 0 on success, 1 when
+ * --help was printed, 2 after printing an error and the usage to stderr. */
+int cli_parse(const char *cmd, const char *synopsis, const cli_opt *opts, int argc, char **argv);
+void cli_usage(FILE *f, const char *cmd, const char *synopsis, const cli_opt *opts);
+
+/* Prints "kvpack CMD: what: message" for a failed library call and returns 1. */
+int cli_fail(const char *cmd, const char *what, int rc);
+/* Prints "kvpack CMD: message" and returns 2 (a usage error). */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Opens a model (and tokenizer for llama2.c checkpoints); prints the error itself. */
+int cli_open_model(const char *cmd, const char *path, const char *tok, kvp_model **out);
+/* Reads a text file or "-" (stdin) into a NUL-terminated malloc'ed buffer. */
+int cli_read_text(const char *cmd, const char *path, char **out, size_t *len);
+/* Tokenizes text (with BOS when add_bos); prints errors itself. *ids is malloc'ed. */
+int cli_tokenize(const char *cmd, const kvp_model *m, const char *text, size_t len, int add_bos,
+                 int **ids, int *n);
+/* Monotonic clock in seconds. */
+double cli_now(void);
+/* Peak resident set size of this process in bytes. */
+uint64_t cli_peak_rss(void);
+/* Formats bytes as "12.3 MiB" into buf. */
+const char *cli_bytes(uint64_t b, char *buf, size_t cap);
+
+int cmd_run(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * kvpack.c: the command-line entry point: dispatches to a subcommand.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+} cli_command;
+
+static const cli_command cli_commands[] = {
+    {"run", cmd_run, "generate text from a prompt"},
+    {"info", cmd_info, "show a model's architecture, shapes, tensor types and sizes"},
+    {"bench", cmd_bench, "measure prefill and decode speed and KV-cache bytes"},
+    {"tokenize", cmd_tokenize, "print the token ids (or pieces) of a text"},
+    {"synth", cmd_synth, "write a random-weight llama GGUF of any shape and weight type"},
+};
+
+static void cli_main_usage(FILE *f) {
+    fprintf(f, "kvpack %d.%d.%d: Llama-family models on the CPU with a small, fast, portable KV cache\n\n"
+               "usage: kvpack COMMAND [options]   (kvpack COMMAND --help for its options)\n\ncommands:\n",
+            KVP_VERSION_MAJOR, KVP_VERSION_MINOR, KVP_VERSION_PATCH);
+    for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", cli_commands[i].name, cli_commands[i].help);
+    fprintf(f, "\nkernels: %s\n", kvp_isa());
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        cli_main_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("kvpack %d.%d.%d\n", KVP_VERSION_MAJOR, KVP_VERSION_MINOR, KVP_VERSION_PATCH);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
+        if (!strcmp(argv[1], cli_commands[i].name)) return cli_commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "kvpack: unknown command '%s' (see 'kvpack --help')\n", argv[1]);
+    return 2;
+}
