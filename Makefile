@@ -18,11 +18,11 @@ AVX512_FLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf
 
 LIB_SRC   := $(sort $(wildcard src/*/*.c))
 TOOL_SRC  := $(sort $(wildcard tools/*.c))
-TEST_SRC  := $(sort $(wildcard tests/*.c))
+TEST_SRC  := $(sort $(wildcard tests/*.c tests/fuzz/*.c))
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TOOL_OBJ  := $(TOOL_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
-FUZZ_SRC  := $(sort $(filter-out tests/fuzz/replay.c,$(wildcard tests/fuzz/*.c)))
+FUZZ_SRC  := $(sort $(wildcard tests/fuzz/*.c))
 
 .PHONY: all test asan fuzz clean bench
 all: $(BUILD)/libkvpack.a $(BUILD)/libkvpack.so $(BUILD)/kvpack
@@ -44,12 +44,12 @@ $(BUILD)/libkvpack.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
 $(BUILD)/kvpack: $(TOOL_OBJ) $(BUILD)/libkvpack.a
 	$(CC) -o $@ $(TOOL_OBJ) $(BUILD)/libkvpack.a $(LDFLAGS) $(LDLIBS)
-$(BUILD)/tests: $(TEST_OBJ) $(BUILD)/libkvpack.a
+$(BUILD)/kvpack-tests: $(TEST_OBJ) $(BUILD)/libkvpack.a
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libkvpack.a $(LDFLAGS) $(LDLIBS)
 
 # The tests run the CLI too (KVP_CLI) and replay the fuzz corpus.
-test: $(BUILD)/tests $(BUILD)/kvpack
-	KVP_CLI=$(BUILD)/kvpack $(BUILD)/tests $(T)
+test: $(BUILD)/kvpack-tests $(BUILD)/kvpack
+	KVP_CLI=$(BUILD)/kvpack $(BUILD)/kvpack-tests $(T)
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
@@ -57,16 +57,16 @@ asan:
 
 FUZZ_SECONDS ?= 60
 fuzz:
-	@mkdir -p build-fuzz
+	$(MAKE) CC=clang BUILD=build-fuzz/lib OPT=-O1 EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined" build-fuzz/lib/libkvpack.a
 	for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \
-	    $$f $(filter-out %_avx2.c %_avx512.c,$(LIB_SRC)) src/kernels/*_avx2.c src/kernels/*_avx512.c -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni \
-	    -o build-fuzz/$$n -lm -pthread || exit 1; \
-	  mkdir -p tests/fuzz/corpus/$$n; \
-	  build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) tests/fuzz/corpus/$$n || exit 1; \
+	  clang -g -O1 -fsanitize=fuzzer,address,undefined -DKVP_LIBFUZZER -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \
+	    $$f build-fuzz/lib/libkvpack.a -o build-fuzz/$$n -lm -pthread || exit 1; \
+	  mkdir -p build-fuzz/corpus-$$n tests/fuzz/corpus/$$n; \
+	  build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n || exit 1; \
 	done
 
 clean:
 	rm -rf build build-asan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+

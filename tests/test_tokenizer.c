@@ -663,6 +663,37 @@ TEST(tok_gguf_types_and_ids) {
     kvp_tokenizer_free(t);
 }
 
+/* User-defined tokens are split out of the text before BPE, as llama.cpp does even when it
+ * does not parse special tokens, and the text after one gets a space prefix again. */
+TEST(tok_gguf_user_defined) {
+    kvt_vocab v;
+    kvt_vocab_init(&v);
+    kvp_tokenizer *t;
+    v.types[7] = 4;      /* "ab" */
+    v.scores[6] = 0.5f;  /* "aa" now outranks "ab" in BPE */
+    CHECK_OK(kvt_vocab_load(&v, &t));
+    /* No prefix: BPE alone would give [aa][b]; the split gives a [ab]. */
+    CHECK(kvt_encodes_to(t, "aab", (const int[]){4, 7}, 2));
+    CHECK(kvt_encodes_to(t, "aaba", (const int[]){4, 7, 4}, 3));
+    CHECK(kvt_encodes_to(t, "abab", (const int[]){7, 7}, 2));
+    kvp_tokenizer_free(t);
+    /* With the prefix: no "▁" before a leading token; "▁" (3 unknown bytes) after one. */
+    v.kv[4].v.u = 1;
+    CHECK_OK(kvt_vocab_load(&v, &t));
+    CHECK(kvt_encodes_to(t, "ab", (const int[]){7}, 1));
+    CHECK(kvt_encodes_to(t, "aba", (const int[]){7, 0, 0, 0, 4}, 5));
+    CHECK(kvt_encodes_to(t, "aab", (const int[]){0, 0, 0, 4, 7}, 5));
+    kvp_tokenizer_free(t);
+    /* Longest first: a user-defined "aab" wins over "ab" inside it. */
+    v.strs[6] = kvt_str("aab");
+    v.types[6] = 4;
+    v.kv[4].v.u = 0;
+    CHECK_OK(kvt_vocab_load(&v, &t));
+    CHECK(kvt_encodes_to(t, "aabab", (const int[]){6, 7}, 2));
+    CHECK(kvt_encodes_to(t, "baab", (const int[]){5, 6}, 2));
+    kvp_tokenizer_free(t);
+}
+
 /* Applies one corruption to a fresh vocabulary and returns the load status. */
 static int kvt_vocab_bad(int what) {
     kvt_vocab v;

@@ -497,7 +497,7 @@ static int check_unique(const void *base, uint64_t n, size_t stride, const char 
 
 /* Runs every stage of parsing on a fresh index; the caller frees it on failure. */
 static int parse_all(rd *r, kvp_gguf *g) {
-    uint64_t n_tensors, n_kv;
+    uint64_t n_tensors = 0, n_kv = 0;
     KVP_TRY(parse_header(r, g, &n_tensors, &n_kv));
     KVP_TRY(parse_kvs(r, g, n_kv));
     KVP_TRY(check_unique(g->kv, g->n_kv, sizeof *g->kv, "key"));

@@ -10,25 +10,29 @@
  * encodings and identical decodings.
  *
  * Encoding. First, as llama.cpp does even when it does not parse special tokens, the text
- * is split around occurrences of user-defined tokens (type 4; longest first), which become
+ * is split around occurrences of user-defined tokens (type 4, longest first), which become
  * their token directly (kvp_tok_partition). Control and unknown tokens are not looked for:
  * the text is plain text. Each remaining fragment is encoded by kvp_tok_encode_text: it
  * gets a leading space when add_space_prefix is set and it starts the text or follows a
  * user-defined token (llama.cpp's rule), every space becomes "▁", and the result is cut
- * into UTF-8 characters (by the lead
- * byte, as llama.cpp's unicode_len_utf8 does, so invalid UTF-8 cuts the same way). The
- * symbols form a doubly linked list; every adjacent pair whose concatenation is a piece
- * goes into a max-heap ordered by the piece's score, ties to the leftmost pair. The best
- * pair is merged, stale heap entries are recognised by their byte length and skipped, and
- * the two new neighbour pairs are pushed. Each merge pushes at most two pairs, so the heap
- * holds under 3n entries and encoding is O(n log n). Finally each symbol is looked up; one
- * that is not a piece becomes one byte token per byte (<0xXX>, else the one-byte piece,
- * else the unknown token).
+ * into UTF-8 characters by the lead byte alone (as llama.cpp's unicode_len_utf8 does, so
+ * invalid UTF-8 is cut the same way). The symbols form a doubly linked list; every
+ * adjacent pair whose concatenation is a piece goes into a max-heap ordered by the piece's
+ * score, ties to the leftmost pair. The best pair is merged, stale heap entries are
+ * recognised by their byte length and skipped, and the two new neighbour pairs are pushed.
+ * Each merge pushes at most two pairs, so the heap holds under 3n entries and encoding is
+ * O(n log n). Finally each symbol is looked up; one that is not a piece becomes one byte
+ * token per byte (<0xXX>, else the one-byte piece, else the unknown token).
  *
  * Decoding uses a text per token computed at load time: normal pieces with "▁" turned
  * into spaces, byte tokens as their raw byte, user-defined pieces verbatim, and control,
  * unknown, unused and undefined tokens as the empty string (llama.cpp's default when it
- * does not render special tokens).
+ * does not render special tokens). A normal token right after BOS loses one leading space
+ * when add_space_prefix is set: that is the space the encoder prefixed (llama2.c's rule).
+ * So decode(encode(text)) == text for valid UTF-8 without user-defined tokens and without
+ * a literal U+2581 (which encodes as a space, as in llama.cpp).
+ *
+ * Thread safety: a built tokenizer is read-only; encode and decode may run concurrently.
  */
 #include <limits.h>
 #include <math.h>
@@ -174,7 +178,7 @@ static int kvp_tok_alloc(int n, kvp_tokenizer **out) {
  * is malformed: pieces are handed out as C strings and scores must be ordered. */
 static int kvp_tok_add_piece(kvp_tokenizer *t, int id, const char *s, size_t n, float score,
                              int spaces) {
-    if (memchr(s, '\0', n))
+    if (n > 0 && memchr(s, '\0', n))
         return kvp_seterr(KVP_EFORMAT, "piece of token %d contains a NUL byte", id);
     if (isnan(score)) return kvp_seterr(KVP_EFORMAT, "score of token %d is NaN", id);
     size_t start = t->pieces.n;
@@ -600,13 +604,13 @@ static void kvp_tok_try_pair(kvp_tok_session *s, int left, int right) {
     kvp_tok_heap_push(s, p);
 }
 
-/* Writes the escaped text: an optional leading "▁", then the input with every space as
- * "▁". The caller checked that 3 * (len + 1) fits an int. */
-static int kvp_tok_escape(kvp_tok_session *s, const char *text, size_t len) {
+/* Writes the escaped text: a leading "▁" when `prefix` is set, then the input with every
+ * space as "▁". The caller checked that 3 * (len + 1) fits an int. */
+static int kvp_tok_escape(kvp_tok_session *s, const char *text, size_t len, int prefix) {
     s->text = malloc(3 * (len + 1));
     if (!s->text) return kvp_seterr(KVP_ENOMEM, "out of memory encoding %zu bytes", len);
     size_t n = 0;
-    if (s->t->add_space_prefix) {
+    if (prefix) {
         memcpy(s->text, KVP_TOK_SPACE, 3);
         n = 3;
     }
@@ -688,11 +692,12 @@ static int kvp_tok_output(const kvp_tok_session *s, int *ids, int cap, int *k) {
     return KVP_OK;
 }
 
-/* Encodes non-empty text, appending to ids from *k on. */
-static int kvp_tok_encode_text(const kvp_tokenizer *t, const char *text, size_t len, int *ids,
-                               int cap, int *k) {
+/* Encodes a non-empty fragment of text (with a leading space when `prefix` is set),
+ * appending to ids from *k on. */
+static int kvp_tok_encode_text(const kvp_tokenizer *t, const char *text, size_t len, int prefix,
+                               int *ids, int cap, int *k) {
     kvp_tok_session s = {.t = t};
-    int rc = kvp_tok_escape(&s, text, len);
+    int rc = kvp_tok_escape(&s, text, len, prefix);
     if (rc == KVP_OK) rc = kvp_tok_split(&s);
     if (rc == KVP_OK) {
         kvp_tok_merge(&s);
@@ -704,17 +709,104 @@ static int kvp_tok_encode_text(const kvp_tokenizer *t, const char *text, size_t 
     return rc;
 }
 
+/* A fragment of the input: `len` bytes of text at `off` (id -1), or a user-defined token. */
+typedef struct kvp_tok_frag {
+    size_t off, len;
+    int id;
+} kvp_tok_frag;
+
+/* A growable list of fragments; owns `f`. */
+typedef struct kvp_tok_frags {
+    kvp_tok_frag *f;
+    size_t n, cap;
+} kvp_tok_frags;
+
+static int kvp_tok_frag_add(kvp_tok_frags *l, size_t off, size_t len, int id) {
+    if (id < 0 && len == 0) return KVP_OK;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        kvp_tok_frag *f = realloc(l->f, cap * sizeof *f);
+        if (!f) return kvp_seterr(KVP_ENOMEM, "out of memory splitting the text");
+        l->f = f;
+        l->cap = cap;
+    }
+    l->f[l->n++] = (kvp_tok_frag){off, len, id};
+    return KVP_OK;
+}
+
+/* Appends fragment f of text to out, split around every occurrence of token id (left to
+ * right, not overlapping). */
+static int kvp_tok_split_frag(const kvp_tokenizer *t, const char *text, kvp_tok_frag f, int id,
+                              kvp_tok_frags *out) {
+    if (f.id >= 0) return kvp_tok_frag_add(out, f.off, f.len, f.id);
+    const char *p = kvp_tok_piece_at(t, id);
+    size_t n = (size_t)t->piece_len[id], off = f.off, end = f.off + f.len;
+    const char *hit;
+    while ((hit = memmem(text + off, end - off, p, n)) != NULL) {
+        size_t at = (size_t)(hit - text);
+        KVP_TRY(kvp_tok_frag_add(out, off, at - off, -1));
+        KVP_TRY(kvp_tok_frag_add(out, at, n, id));
+        off = at + n;
+    }
+    return kvp_tok_frag_add(out, off, end - off, -1);
+}
+
+/* Splits the text around the user-defined tokens, longest first, as llama.cpp does. On
+ * success *list holds the fragments in order (the caller frees list->f). */
+static int kvp_tok_partition(const kvp_tokenizer *t, const char *text, size_t len,
+                             kvp_tok_frags *list) {
+    int rc = kvp_tok_frag_add(list, 0, len, -1);
+    for (int u = 0; u < t->n_user && rc == KVP_OK; u++) {
+        kvp_tok_frags next = {0};
+        for (size_t i = 0; i < list->n && rc == KVP_OK; i++)
+            rc = kvp_tok_split_frag(t, text, list->f[i], t->user[u], &next);
+        free(list->f);
+        *list = next;
+    }
+    return rc;
+}
+
+/* Encodes the fragments: a token as itself, text with a space prefix when it comes first
+ * or right after a token. */
+static int kvp_tok_encode_frags(const kvp_tokenizer *t, const char *text, const kvp_tok_frags *l,
+                                int *ids, int cap, int *k) {
+    int after_token = 1;
+    for (size_t i = 0; i < l->n; i++) {
+        const kvp_tok_frag *f = &l->f[i];
+        if (f->id >= 0) {
+            kvp_tok_emit(f->id, ids, cap, k);
+        } else {
+            int prefix = t->add_space_prefix && after_token;
+            KVP_TRY(kvp_tok_encode_text(t, text + f->off, f->len, prefix, ids, cap, k));
+        }
+        after_token = f->id >= 0;
+    }
+    return KVP_OK;
+}
+
+/* Encodes non-empty text, appending to ids from *k on. */
+static int kvp_tok_encode_all(const kvp_tokenizer *t, const char *text, size_t len, int *ids,
+                              int cap, int *k) {
+    if (t->n_user == 0) return kvp_tok_encode_text(t, text, len, t->add_space_prefix, ids, cap, k);
+    kvp_tok_frags list = {0};
+    int rc = kvp_tok_partition(t, text, len, &list);
+    if (rc == KVP_OK) rc = kvp_tok_encode_frags(t, text, &list, ids, cap, k);
+    free(list.f);
+    return rc;
+}
+
 int kvp_tokenizer_encode(const kvp_tokenizer *t, const char *text, size_t len, int add_bos,
                          int *ids, int cap, int *n) {
     if (n) *n = 0;
     if (!t || !n || cap < 0 || (!ids && cap > 0) || (!text && len > 0))
         return kvp_seterr(KVP_EINVAL, "kvp_tokenize: bad arguments");
-    /* Every byte yields at most 3 escaped bytes and one token per escaped byte. */
-    if (len > (size_t)(INT_MAX / 4 - 8))
+    /* A byte yields at most 3 escaped bytes, and a fragment's space prefix 3 more, each at
+     * most one token: 6 * len + 4 tokens must fit an int. */
+    if (len > (size_t)(INT_MAX / 8))
         return kvp_seterr(KVP_EINVAL, "kvp_tokenize: text of %zu bytes is too long", len);
     int k = 0;
     if (add_bos && t->bos >= 0) kvp_tok_emit(t->bos, ids, cap, &k);
-    if (len > 0) KVP_TRY(kvp_tok_encode_text(t, text, len, ids, cap, &k));
+    if (len > 0) KVP_TRY(kvp_tok_encode_all(t, text, len, ids, cap, &k));
     *n = k;
     if (k > cap)
         return kvp_seterr(KVP_ERANGE, "the text needs %d tokens, the buffer holds %d", k, cap);

@@ -47,6 +47,16 @@ static void query_key(const kvp_gguf *g, const kvp_gguf_kv *kv, unsigned *acc) {
     *acc += (unsigned)kvp_gguf_get_bool(g, key, &b) + (unsigned)b;
     *acc += (unsigned)kvp_gguf_get_str(g, key, &s) + (unsigned)s.len;
     *acc += (unsigned)kvp_gguf_get_arr(g, key, kv->arr_type, &a);
+    *acc += (unsigned)kvp_gguf_get_arr(g, key, (kv->arr_type + 1) % KVP_GGUF_NTYPES, &a);
+}
+
+/* Looks a tensor up by name: names are unique, so the look-up must find t itself. */
+static void query_tensor(const kvp_gguf *g, const kvp_gguf_tensor *t) {
+    if (t->name.len > 256 || memchr(t->name.s, 0, (size_t)t->name.len)) return;
+    char name[257];
+    memcpy(name, t->name.s, (size_t)t->name.len);
+    name[t->name.len] = '\0';
+    if (kvp_gguf_find_tensor(g, name) != t) abort();
 }
 
 /* Reads the name and the first and last data byte of every tensor. */
@@ -55,6 +65,7 @@ static void touch_tensors(const kvp_gguf *g, unsigned *acc) {
         const kvp_gguf_tensor *t = &g->tensors[i];
         const uint8_t *d = t->data;
         touch_str(t->name, acc);
+        query_tensor(g, t);
         if (t->n_dims < 1 || t->n_dims > 4 || t->nbytes == 0) abort();
         if (d < g->image + g->data_offset || t->nbytes > (uint64_t)(g->image + g->size - d))
             abort();
@@ -64,8 +75,10 @@ static void touch_tensors(const kvp_gguf *g, unsigned *acc) {
 
 int kvp_fuzz_gguf(const uint8_t *data, size_t size) {
     kvp_gguf *g = NULL;
+    kvp_seterr(KVP_OK, "%s", ""); /* a failure must leave a message of its own */
     if (kvp_gguf_parse(data, size, &g) != KVP_OK) {
-        if (g != NULL || kvp_errmsg()[0] == '\0') abort();
+        const char *m = kvp_errmsg();
+        if (g != NULL || m[0] == '\0' || strcmp(m, "no error message") == 0) abort();
         return 0;
     }
     unsigned acc = 0;
