@@ -253,3 +253,6 @@ int kvp_ctx_kv_stats(const kvp_ctx *c, kvp_kv_stats *st) {
     c->kv->vt->stats(c->kv, st);
     return KVP_OK;
 }
+
+kvp_kv *kvp_ctx_kv(kvp_ctx *c) { return c->kv; }
+kvp_pool *kvp_ctx_pool(kvp_ctx *c) { return c->pool; }

@@ -47,6 +47,11 @@ typedef struct kvp_kv_vtbl {
     void (*reset)(kvp_kv *kv);
     /* forgets every token at a position >= n_pos */
     int (*truncate)(kvp_kv *kv, int n_pos);
+    /* Copies out the keys and values of positions [pos, pos + n) of one layer as the cache
+     * represents them (dequantized), k and v: (n, n_kv_heads * head_dim). For the context
+     * codec and for tests. KVP_EUNSUPPORTED when the cache no longer holds all of them
+     * (evicted, or a cache that cannot read back). */
+    int (*read)(const kvp_kv *kv, int layer, int pos, int n, float *k, float *v);
     void (*free)(kvp_kv *kv);
 } kvp_kv_vtbl;
 

@@ -182,6 +182,31 @@ static int kvp_full_truncate(kvp_kv *kv, int n_pos) {
 
 static void kvp_full_reset(kvp_kv *kv) { kv->n_pos = 0; }
 
+/* Loads one head's row of hd values from token slot t of a page run. */
+static void kvp_full_load(const kvp_kv_full *c, const uint8_t *rows, int t, float *x, int hd) {
+    if (c->type == KVP_TYPE_F32)
+        memcpy(x, rows + (size_t)t * (size_t)hd * 4, (size_t)hd * 4);
+    else
+        kvp_f16_to_f32_row((const uint16_t *)(const void *)(rows + (size_t)t * (size_t)hd * 2), x, hd);
+}
+
+static int kvp_full_read(const kvp_kv *kv, int layer, int pos, int n, float *k, float *v) {
+    const kvp_kv_full *c = (const kvp_kv_full *)kv;
+    const kvp_kv_shape *s = &kv->shape;
+    if (layer < 0 || layer >= s->n_layers || pos < 0 || n < 0 || pos + n > kv->n_pos)
+        return kvp_seterr(KVP_ERANGE, "KV read of layer %d, positions [%d, %d) outside the %d stored", layer, pos,
+                          pos + n, kv->n_pos);
+    int hd = s->head_dim, kvd = s->n_kv_heads * hd;
+    for (int i = 0; i < n; i++) {
+        int p = pos + i, pg = p / KVP_KV_PAGE, t = p % KVP_KV_PAGE;
+        for (int h = 0; h < s->n_kv_heads; h++) {
+            kvp_full_load(c, kvp_full_rows(c, layer, pg, h, 0), t, k + (size_t)i * kvd + (size_t)h * hd, hd);
+            kvp_full_load(c, kvp_full_rows(c, layer, pg, h, 1), t, v + (size_t)i * kvd + (size_t)h * hd, hd);
+        }
+    }
+    return KVP_OK;
+}
+
 static void kvp_full_free(kvp_kv *kv) {
     kvp_kv_full *c = (kvp_kv_full *)kv;
     if (c->pages)
@@ -194,7 +219,7 @@ static void kvp_full_free(kvp_kv *kv) {
 
 static const kvp_kv_vtbl kvp_full_vtbl = {
     "full", kvp_full_begin, kvp_full_append, kvp_full_attend, kvp_full_end,
-    kvp_full_stats, kvp_full_reset, kvp_full_truncate, kvp_full_free,
+    kvp_full_stats, kvp_full_reset, kvp_full_truncate, kvp_full_read, kvp_full_free,
 };
 
 static int kvp_full_alloc(kvp_kv_full *c) {
