@@ -22,6 +22,7 @@
 #include "kernels/kernels.h"
 #include "kv/kv.h"
 #include "model/model.h"
+#include "engine.h"
 
 struct kvp_ctx {
     kvp_model *m;
