@@ -328,7 +328,7 @@ static int kt_mm_make(kt_mm *m, int type, int rows, int cols, int n, unsigned lo
         free(tmp);
         return -1;
     }
-    m->w = m->wbuf + 2;
+    m->w = m->wbuf + (type == KVP_TYPE_F32 ? 4 : 2); /* element-aligned, never 64-aligned */
     m->xp = m->xbuf + 4;
     kt_fill(tmp, (size_t)rows * cols, 1.0f, &seed);
     for (int r = 0; r < rows; r++) {

@@ -25,7 +25,9 @@ struct kvp_pool {
     _Atomic uint64_t claim;     /* (generation << 32) | next chunk */
     _Atomic uint32_t gen;       /* futex word the workers sleep on */
     _Atomic uint32_t done;      /* chunks finished in the current job; futex word of the caller */
+    _Atomic int caller_sleeps;  /* the caller is blocked (or about to block) on done */
     _Atomic int stop;
+    _Atomic int sleepers;       /* workers blocked (or about to block) in FUTEX_WAIT on gen */
     kvp_task_fn fn;             /* written before gen is published */
     void *arg;
     int n_chunks;
@@ -55,21 +57,28 @@ static void kvp_pool_work(kvp_pool *p, uint32_t gen, int ith) {
                                                    memory_order_relaxed))
             continue;
         p->fn(p->arg, (int)(uint32_t)c, ith);
-        uint32_t d = atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1;
-        if ((int)d == p->n_chunks) kvp_futex(&p->done, FUTEX_WAKE, 1);
+        uint32_t d = atomic_fetch_add(&p->done, 1) + 1;
+        if ((int)d == p->n_chunks && atomic_load(&p->caller_sleeps)) kvp_futex(&p->done, FUTEX_WAKE, 1);
     }
 }
 
-static uint32_t kvp_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *stop) {
+/* Waits until *word differs from old (or *stop is set): spins first, then sleeps on the
+ * futex, counting itself in *sleepers so that wakers can skip the system call when nobody
+ * sleeps. The count is raised before the final check, so a waker that changes *word and
+ * then reads *sleepers (both sequentially consistent) either sees the sleeper or is seen. */
+static uint32_t kvp_wait_change(_Atomic uint32_t *word, uint32_t old, _Atomic int *stop, _Atomic int *sleepers) {
     for (int i = 0; i < KVP_SPIN_ITERS; i++) {
         uint32_t v = atomic_load_explicit(word, memory_order_acquire);
         if (v != old || (stop && atomic_load(stop))) return v;
         kvp_cpu_relax();
     }
     for (;;) {
-        uint32_t v = atomic_load_explicit(word, memory_order_acquire);
+        atomic_fetch_add(sleepers, 1);
+        uint32_t v = atomic_load(word);
+        if (v == old && !(stop && atomic_load(stop))) kvp_futex(word, FUTEX_WAIT, old);
+        atomic_fetch_sub(sleepers, 1);
+        v = atomic_load_explicit(word, memory_order_acquire);
         if (v != old || (stop && atomic_load(stop))) return v;
-        kvp_futex(word, FUTEX_WAIT, old);
     }
 }
 
@@ -80,7 +89,7 @@ static void *kvp_worker_main(void *varg) {
     free(w);
     uint32_t seen = atomic_load(&p->gen);
     for (;;) {
-        seen = kvp_wait_change(&p->gen, seen, &p->stop);
+        seen = kvp_wait_change(&p->gen, seen, &p->stop, &p->sleepers);
         if (atomic_load(&p->stop)) return NULL;
         kvp_pool_work(p, seen, ith);
     }
@@ -133,13 +142,13 @@ void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
     p->n_chunks = n_chunks;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->claim, (uint64_t)gen << 32, memory_order_release);
-    atomic_store_explicit(&p->gen, gen, memory_order_release);
-    kvp_futex(&p->gen, FUTEX_WAKE, INT32_MAX);
+    atomic_store(&p->gen, gen);
+    if (atomic_load(&p->sleepers)) kvp_futex(&p->gen, FUTEX_WAKE, INT32_MAX);
     kvp_pool_work(p, gen, 0);
     /* Every chunk is claimed; wait for the ones other threads are still running. */
     for (;;) {
         uint32_t d = atomic_load_explicit(&p->done, memory_order_acquire);
         if ((int)d == n_chunks) break;
-        kvp_wait_change(&p->done, d, NULL);
+        kvp_wait_change(&p->done, d, NULL, &p->caller_sleeps);
     }
 }
