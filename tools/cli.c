@@ -160,6 +160,20 @@ int cli_tokenize(const char *cmd, const kvp_model *m, const char *text, size_t l
     return 0;
 }
 
+int cli_tokenize_ex(const char *cmd, const kvp_model *m, const char *text, size_t len, int flags, int **ids,
+                    int *n) {
+    int cap = len + 16 < (1u << 28) ? (int)len + 16 : 1 << 28;
+    *ids = malloc(sizeof(int) * (size_t)cap);
+    if (!*ids) return cli_fail(cmd, "tokenizing", KVP_ENOMEM);
+    int rc = kvp_tokenize_ex(m, text, len, flags, *ids, cap, n);
+    if (rc < 0) {
+        free(*ids);
+        *ids = NULL;
+        return cli_fail(cmd, "cannot tokenize the prompt", rc);
+    }
+    return 0;
+}
+
 double cli_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -37,6 +37,9 @@ int cli_read_text(const char *cmd, const char *path, char **out, size_t *len);
 /* Tokenizes text (with BOS when add_bos); prints errors itself. *ids is malloc'ed. */
 int cli_tokenize(const char *cmd, const kvp_model *m, const char *text, size_t len, int add_bos,
                  int **ids, int *n);
+/* The same with kvp_tokenize_ex flags (KVP_TOKENIZE_*). */
+int cli_tokenize_ex(const char *cmd, const kvp_model *m, const char *text, size_t len, int flags,
+                    int **ids, int *n);
 /* Monotonic clock in seconds. */
 double cli_now(void);
 /* Peak resident set size of this process in bytes. */
@@ -49,5 +52,19 @@ int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_save(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_codec_bench(int argc, char **argv);
+
+/* `run --load FILE` / `run --store URI` (cmd_save.c): fills ctx with the prompt ids[0..n) and
+ * puts the last token's logits in `logits`. With load, the saved context is loaded first and
+ * ids continue it. With store, the longest stored prefix of ids is loaded, only the rest is
+ * prefilled, and the new full chunks are stored; a store that fails gives a warning and the
+ * prompt is recomputed. Prints one line of figures on stderr; returns 0 or a library error
+ * (its message in kvp_errmsg). */
+int cli_prefill(const char *cmd, kvp_ctx *ctx, const char *load, const char *store, const int *ids, int n,
+                float *logits);
 
 #endif

@@ -14,6 +14,7 @@
 typedef struct {
     const char *model, *tok, *kv;
     int n_prompt, n_gen, threads, reps, depth, batch, json;
+    const char *select, *budget, *cold; /* token selection (docs/selection.md) */
 } bench_args;
 
 typedef struct {
@@ -57,7 +58,7 @@ static double bench_decode(kvp_ctx *ctx, const int *ids, int depth, int n, float
 }
 
 static int bench_parse(int argc, char **argv, bench_args *a) {
-    *a = (bench_args){NULL, NULL, "f16", 512, 128, 1, 3, 0, 512, 0};
+    *a = (bench_args){NULL, NULL, "f16", 512, 128, 1, 3, 0, 512, 0, NULL, NULL, NULL};
     const cli_opt opts[] = {
         {"-m", "--model", CLI_STR, &a->model, "model file"},
         {"-z", "--tokenizer", CLI_STR, &a->tok, "tokenizer .bin for a llama2.c checkpoint"},
@@ -68,6 +69,9 @@ static int bench_parse(int argc, char **argv, bench_args *a) {
         {"-r", "--repetitions", CLI_INT, &a->reps, "repetitions (default 3)"},
         {"-b", "--batch-size", CLI_INT, &a->batch, "prefill batch (default 512)"},
         {NULL, "--kv", CLI_STR, &a->kv, "KV cache spec (default f16)"},
+        {NULL, "--select", CLI_STR, &a->select, "token selection policy[:params] (docs/selection.md)"},
+        {NULL, "--budget", CLI_STR, &a->budget, "selection budget: N tokens or P%"},
+        {NULL, "--cold", CLI_STR, &a->cold, "cold tier of quest/sentencekv: mem (default) or file:PATH"},
         {NULL, "--json", CLI_FLAG, &a->json, "print one JSON object instead of a table"},
         {0},
     };
@@ -125,7 +129,7 @@ int cmd_bench(int argc, char **argv) {
     const kvp_model_info *in = kvp_model_get_info(m);
     int need = a.n_prompt > a.depth + a.n_gen ? a.n_prompt : a.depth + a.n_gen;
     if (need < 1) need = 1;
-    kvp_ctx_params cp = {need, a.threads, a.batch, a.kv};
+    kvp_ctx_params cp = {need, a.threads, a.batch, a.kv, a.select, a.budget, a.cold};
     kvp_ctx *ctx = NULL;
     int *ids = malloc(sizeof(int) * (size_t)(need + 1));
     float *logits = malloc(sizeof(float) * (size_t)in->vocab_size);

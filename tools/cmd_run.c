@@ -12,12 +12,14 @@ typedef struct {
     int n_predict, threads, n_ctx, batch, top_k, no_bos, ignore_eos;
     float temp, top_p;
     uint64_t seed;
+    const char *select, *budget, *cold; /* token selection (docs/selection.md) */
+    const char *load, *store;           /* a saved context or a context store (docs/codec.md) */
 } run_args;
 
 static const char *run_synopsis = "-m MODEL [-z TOKENIZER] (-p PROMPT | -f FILE) [options]";
 
 static int run_parse(int argc, char **argv, run_args *a) {
-    *a = (run_args){NULL, NULL, NULL, NULL, "f16", 128, 1, 0, 256, 40, 0, 0, 0.8f, 0.95f, 42};
+    *a = (run_args){NULL, NULL, NULL, NULL, "f16", 128, 1, 0, 256, 40, 0, 0, 0.8f, 0.95f, 42, NULL, NULL, NULL, NULL, NULL};
     const cli_opt opts[] = {
         {"-m", "--model", CLI_STR, &a->model, "model file (GGUF or llama2.c checkpoint)"},
         {"-z", "--tokenizer", CLI_STR, &a->tok, "tokenizer .bin for a llama2.c checkpoint"},
@@ -32,6 +34,12 @@ static int run_parse(int argc, char **argv, run_args *a) {
         {NULL, "--top-k", CLI_INT, &a->top_k, "top-k sampling; 0 = off (default 40)"},
         {NULL, "--top-p", CLI_FLOAT, &a->top_p, "top-p sampling; 1 = off (default 0.95)"},
         {NULL, "--kv", CLI_STR, &a->kv, "KV cache spec: f16 (default), f32"},
+        {NULL, "--select", CLI_STR, &a->select, "token selection policy[:params]: streaming, h2o, snapkv, pyramidkv, "
+                                                 "prefixkv, kvcrush, quest, sentencekv (docs/selection.md)"},
+        {NULL, "--budget", CLI_STR, &a->budget, "selection budget: N tokens or P% of the positions seen"},
+        {NULL, "--cold", CLI_STR, &a->cold, "cold tier of quest/sentencekv: mem (default) or file:PATH [,q8|,f16]"},
+        {NULL, "--load", CLI_STR, &a->load, "load a saved context (.kvz) first; the prompt continues it"},
+        {NULL, "--store", CLI_STR, &a->store, "context store (DIR or redis://HOST:PORT/DB): reuse and save prefixes"},
         {NULL, "--no-bos", CLI_FLAG, &a->no_bos, "do not prepend the BOS token"},
         {NULL, "--ignore-eos", CLI_FLAG, &a->ignore_eos, "keep generating after end of sequence"},
         {0},
@@ -40,6 +48,7 @@ static int run_parse(int argc, char **argv, run_args *a) {
     if (rc) return rc;
     if (!a->prompt && !a->file) return cli_usage_error("run", "give a prompt with -p TEXT or -f FILE");
     if (a->prompt && a->file) return cli_usage_error("run", "give -p or -f, not both");
+    if (a->load && a->store) return cli_usage_error("run", "give --load or --store, not both");
     if (a->n_predict < 0 || a->threads < 1 || a->threads > 256 || a->n_ctx < 0 || a->batch < 1)
         return cli_usage_error("run", "-n must be >= 0, -t 1..256, -c >= 0, -b >= 1");
     return 0;
@@ -56,7 +65,7 @@ static int run_generate(kvp_ctx *ctx, const kvp_model *m, const run_args *a, int
     *n_gen = *n_dec = 0;
     for (int i = 0; i < a->n_predict && kvp_ctx_pos(ctx) < kvp_ctx_n_ctx(ctx); i++) {
         int tok = kvp_sampler_sample(s, logits);
-        if (tok == kvp_token_eos(m) && !a->ignore_eos) break;
+        if (kvp_token_is_eog(m, tok) && !a->ignore_eos) break;
         if (kvp_detokenize(m, last, tok, piece, sizeof piece) > 0) {
             fputs(piece, stdout);
             fflush(stdout);
@@ -74,11 +83,11 @@ static int run_generate(kvp_ctx *ctx, const kvp_model *m, const run_args *a, int
 static void run_report(kvp_ctx *ctx, int n_prompt, double t_prompt, int n_gen, int n_dec, double t_gen) {
     kvp_kv_stats st;
     kvp_ctx_kv_stats(ctx, &st);
-    char kvb[32], rss[32];
-    fprintf(stderr, "\n[prompt %d tokens, prefill %.1f tok/s, decode %.1f tok/s (%d tokens), KV cache %s (%s, %.2f bits/value), peak RSS %s]\n",
+    char kvb[32], rss[32], hot[32], cold[32];
+    fprintf(stderr, "\n[prompt %d tokens, prefill %.1f tok/s, decode %.1f tok/s (%d tokens), KV cache %s (hot %s, cold %s; %s, %.2f bits/value), peak RSS %s]\n",
             n_prompt, t_prompt > 0 ? n_prompt / t_prompt : 0, t_gen > 0 ? n_dec / t_gen : 0,
-            n_gen, cli_bytes(st.bytes_hot + st.bytes_cold, kvb, sizeof kvb), st.spec, st.bits_per_value,
-            cli_bytes(cli_peak_rss(), rss, sizeof rss));
+            n_gen, cli_bytes(st.bytes_hot + st.bytes_cold, kvb, sizeof kvb), cli_bytes(st.bytes_hot, hot, sizeof hot),
+            cli_bytes(st.bytes_cold, cold, sizeof cold), st.spec, st.bits_per_value, cli_bytes(cli_peak_rss(), rss, sizeof rss));
 }
 
 static int run_ctx(kvp_model *m, const run_args *a, kvp_ctx **ctx) {
@@ -88,6 +97,9 @@ static int run_ctx(kvp_model *m, const run_args *a, kvp_ctx **ctx) {
     cp.n_threads = a->threads;
     cp.n_batch = a->batch;
     cp.kv = a->kv;
+    cp.select = a->select;
+    cp.budget = a->budget;
+    cp.cold = a->cold;
     int rc = kvp_ctx_new(m, &cp, ctx);
     return rc < 0 ? cli_fail("run", "cannot create the context", rc) : 0;
 }
@@ -97,7 +109,7 @@ static int run_main(kvp_model *m, const run_args *a, const char *text, size_t le
     kvp_ctx *ctx = NULL;
     float *logits = malloc(sizeof(float) * (size_t)kvp_model_get_info(m)->vocab_size);
     if (!logits) return cli_fail("run", "allocating logits", KVP_ENOMEM);
-    if ((rc = cli_tokenize("run", m, text, len, !a->no_bos, &ids, &n)) || (rc = run_ctx(m, a, &ctx))) goto out;
+    if ((rc = cli_tokenize("run", m, text, len, !a->no_bos && !a->load, &ids, &n)) || (rc = run_ctx(m, a, &ctx))) goto out;
     if (n == 0) { rc = cli_usage_error("run", "the prompt is empty"); goto out; }
     if (n >= kvp_ctx_n_ctx(ctx)) {
         fprintf(stderr, "kvpack run: the prompt has %d tokens; the context holds %d (raise -c)\n", n, kvp_ctx_n_ctx(ctx));
@@ -107,7 +119,8 @@ static int run_main(kvp_model *m, const run_args *a, const char *text, size_t le
     fputs(text, stdout);
     fflush(stdout);
     double t0 = cli_now();
-    int e = kvp_ctx_decode(ctx, ids, n, logits, 0);
+    int e = a->load || a->store ? cli_prefill("run", ctx, a->load, a->store, ids, n, logits)
+                                : kvp_ctx_decode(ctx, ids, n, logits, 0);
     double t1 = cli_now();
     if (e < 0) { rc = cli_fail("run", "prefill", e); goto out; }
     int n_gen = 0, n_dec = 0;

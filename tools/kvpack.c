@@ -17,7 +17,12 @@ static const cli_command cli_commands[] = {
     {"info", cmd_info, "show a model's architecture, shapes, tensor types and sizes"},
     {"bench", cmd_bench, "measure prefill and decode speed and KV-cache bytes"},
     {"tokenize", cmd_tokenize, "print the token ids (or pieces) of a text"},
+    {"chat", cmd_chat, "chat with a model in its chat format (Llama 3, ChatML/Qwen, Llama 2, Zephyr)"},
     {"synth", cmd_synth, "write a random-weight llama GGUF of any shape and weight type"},
+    {"eval", cmd_eval, "compare compressed KV caches with the full cache: KL, top-1, recall, bits"},
+    {"save", cmd_save, "prefill a prompt and save its context (.kvz) to a file or a store"},
+    {"inspect", cmd_inspect, "print a saved context's header, chunks, levels and sizes"},
+    {"codec-bench", cmd_codec_bench, "measure the context codec: size, quality after reload, speed"},
 };
 
 static void cli_main_usage(FILE *f) {

@@ -1,11 +1,13 @@
 /*
  * ctx.c: a context (model + KV cache + thread pool + activation buffers) and the forward
- * pass of the llama architecture, for a batch of tokens at once.
+ * pass of the llama architecture (and qwen2 / qwen3, which add QKV biases or per-head q/k
+ * RMSNorm before the rotation), for a batch of tokens at once.
  *
  * Per layer, for a batch of B tokens at positions [pos, pos + B):
  *   xb = rmsnorm(x) * attn_norm                    (B, dim)
  *   q = xb Wq^T, k = xb Wk^T, v = xb Wv^T          (B, q_dim), (B, kv_dim), (B, kv_dim)
- *   rope(q), rope(k)
+ *   [+ biases; per-head rmsnorm(q), rmsnorm(k)]    (qwen2; qwen3)
+ *   rope(q), rope(k)                               (frequencies / rope_freqs when present)
  *   kv.append(k, v); att = kv.attend(q)            (B, q_dim)
  *   x += att Wo^T
  *   xb = rmsnorm(x) * ffn_norm
@@ -21,6 +23,7 @@
 #include "common/pool.h"
 #include "kernels/kernels.h"
 #include "kv/kv.h"
+#include "kv/select.h"
 #include "model/model.h"
 #include "engine.h"
 
@@ -39,7 +42,7 @@ struct kvp_ctx {
 };
 
 kvp_ctx_params kvp_ctx_default_params(void) {
-    kvp_ctx_params p = {0, 1, 256, "f16"};
+    kvp_ctx_params p = {0, 1, 256, "f16", NULL, NULL, NULL};
     return p;
 }
 
@@ -101,6 +104,29 @@ static void kvp_ctx_residual(float *x, const float *d, size_t count) {
     for (size_t i = 0; i < count; i++) x[i] += d[i];
 }
 
+/* Adds bias b (width values) to each of the n rows of y, when b is not NULL. */
+static void kvp_ctx_bias(float *y, const float *b, int n, int width) {
+    for (int i = 0; b && i < n; i++)
+        for (int j = 0; j < width; j++) y[(size_t)i * width + j] += b[j];
+}
+
+/* RMS-normalizes each head of the n rows of x (heads heads of hd values) in place with
+ * weight w, when w is not NULL (qwen3's q/k norm). */
+static void kvp_ctx_head_norm(float *x, const float *w, int n, int heads, int hd, float eps) {
+    for (int i = 0; w && i < n * heads; i++) kvp_rmsnorm(x + (size_t)i * hd, x + (size_t)i * hd, w, hd, eps);
+}
+
+/* The optional QKV biases (qwen2) and per-head q/k norms (qwen3), before the rotation. */
+static void kvp_ctx_qkv_extras(kvp_ctx *c, const kvp_layer_weights *L, int n) {
+    const kvp_model_info *in = &c->m->info;
+    int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
+    kvp_ctx_bias(c->q, L->bq, n, qd);
+    kvp_ctx_bias(c->k, L->bk, n, kvd);
+    kvp_ctx_bias(c->v, L->bv, n, kvd);
+    kvp_ctx_head_norm(c->q, L->q_norm, n, in->n_heads, in->head_dim, in->norm_eps);
+    kvp_ctx_head_norm(c->k, L->k_norm, n, in->n_kv_heads, in->head_dim, in->norm_eps);
+}
+
 static int kvp_ctx_attention(kvp_ctx *c, int l, int pos, int n) {
     const kvp_model_info *in = &c->m->info;
     const kvp_layer_weights *L = &c->m->layers[l];
@@ -112,9 +138,11 @@ static int kvp_ctx_attention(kvp_ctx *c, int l, int pos, int n) {
     kvp_ctx_mm(c, &L->wk, xp, n, c->k);
     if (L->wv.type != L->wk.type) xp = kvp_ctx_prep(c, L->wv.type, c->xb, n, in->dim);
     kvp_ctx_mm(c, &L->wv, xp, n, c->v);
+    kvp_ctx_qkv_extras(c, L, n);
+    const float *ff = c->m->rope_freqs;
     for (int i = 0; i < n; i++) {
-        kvp_rope(c->q + (size_t)i * qd, in->n_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, NULL);
-        kvp_rope(c->k + (size_t)i * kvd, in->n_kv_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, NULL);
+        kvp_rope(c->q + (size_t)i * qd, in->n_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, ff);
+        kvp_rope(c->k + (size_t)i * kvd, in->n_kv_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, ff);
     }
     KVP_TRY(c->kv->vt->append(c->kv, l, pos, n, c->k, c->v));
     KVP_TRY(c->kv->vt->attend(c->kv, l, pos, n, c->q, c->att));
@@ -211,7 +239,7 @@ static int kvp_ctx_init(kvp_ctx *c, const kvp_ctx_params *p) {
     c->n_batch = p->n_batch > 0 ? KVP_MIN(p->n_batch, c->n_ctx) : KVP_MIN(256, c->n_ctx);
     KVP_TRY(kvp_pool_new(p->n_threads > 0 ? p->n_threads : 1, &c->pool));
     kvp_kv_shape shape = {in->n_layers, in->n_heads, in->n_kv_heads, in->head_dim, c->n_ctx};
-    KVP_TRY(kvp_kv_new(p->kv, &shape, c->pool, &c->kv));
+    KVP_TRY(kvp_kv_for_ctx(c->m, p, &shape, c->pool, &c->kv)); /* kvp_kv_new, or a selection policy */
     return kvp_ctx_buffers(c);
 }
 
@@ -257,3 +285,33 @@ int kvp_ctx_kv_stats(const kvp_ctx *c, kvp_kv_stats *st) {
 
 kvp_kv *kvp_ctx_kv(kvp_ctx *c) { return c->kv; }
 kvp_pool *kvp_ctx_pool(kvp_ctx *c) { return c->pool; }
+
+/* ---- direct KV access for the context codec (layout (n_layers, 2, n, kv_dim)) ---- */
+
+int kvp_ctx_kv_read(kvp_ctx *c, int pos, int n, float *kv) {
+    const kvp_model_info *in = &c->m->info;
+    size_t plane = (size_t)n * (size_t)in->n_kv_heads * (size_t)in->head_dim;
+    for (int l = 0; l < in->n_layers; l++)
+        KVP_TRY(c->kv->vt->read(c->kv, l, pos, n, kv + 2 * (size_t)l * plane, kv + (2 * (size_t)l + 1) * plane));
+    return KVP_OK;
+}
+
+/* Appends tokens [i, i + b) of an import as one cache step, without attention. */
+static int kvp_ctx_import_step(kvp_ctx *c, const int *tokens, int n, int i, int b, const float *kv) {
+    const kvp_model_info *in = &c->m->info;
+    size_t kvd = (size_t)in->n_kv_heads * (size_t)in->head_dim, plane = (size_t)n * kvd;
+    int pos = c->kv->n_pos;
+    KVP_TRY(c->kv->vt->begin(c->kv, pos, b, tokens + i));
+    for (int l = 0; l < in->n_layers; l++) {
+        const float *k = kv + 2 * (size_t)l * plane + (size_t)i * kvd;
+        KVP_TRY(c->kv->vt->append(c->kv, l, pos, b, k, k + plane));
+    }
+    return c->kv->vt->end(c->kv);
+}
+
+int kvp_ctx_kv_import(kvp_ctx *c, const int *tokens, int n, const float *kv) {
+    if (n <= 0) return kvp_seterr(KVP_EINVAL, "no tokens to import");
+    KVP_TRY(kvp_ctx_check_tokens(c, tokens, n));
+    for (int i = 0; i < n; i += c->n_batch) KVP_TRY(kvp_ctx_import_step(c, tokens, n, i, KVP_MIN(c->n_batch, n - i), kv));
+    return KVP_OK;
+}

@@ -16,6 +16,7 @@
 
 #include "common/common.h"
 #include "kernels/kernels_internal.h"
+#include "kernels/kquants.h"
 
 /* ---------------------------------------------------------------------------------------
  * Reference kernels.
@@ -277,8 +278,11 @@ static int kvp_isa_level(const char *name) {
 
 static void kvp_build_level(int level, kvp_ktable *t) {
     kvp_ktable_fill_scalar(t);
+    kvp_ktable_fill_kquants_scalar(t);
     if (level >= KVP_ISA_AVX2) kvp_ktable_fill_avx2(t);
+    if (level >= KVP_ISA_AVX2) kvp_ktable_fill_kquants_avx2(t);
     if (level >= KVP_ISA_AVX512) kvp_ktable_fill_avx512(t);
+    if (level >= KVP_ISA_AVX512) kvp_ktable_fill_kquants_avx512(t);
 }
 
 static void kvp_kernels_init_once(void) {
@@ -350,8 +354,13 @@ void kvp_act_prepare(int wtype, const float *x, int n, int cols, void *xp) {
         if ((const void *)x != xp) memmove(xp, x, (size_t)n * (size_t)cols * sizeof(float));
         return;
     }
-    const size_t row = kvp_type_row_bytes(KVP_TYPE_Q8_0, cols);
-    if (row == 0) return; /* cols is no multiple of 32: nothing can be prepared */
+    const size_t row = kvp_type_row_bytes(o->act_type, cols);
+    if (row == 0) return; /* cols is no multiple of the block size: nothing can be prepared */
+    if (o->act_type != KVP_TYPE_Q8_0) { /* Q8_K, Q8_1: the reference quantizer of the type */
+        const kvp_type_ops *a = kvp_type_ops_get(o->act_type);
+        for (int i = 0; i < n; i++) a->from_float(x + (size_t)i * cols, (char *)xp + (size_t)i * row, cols);
+        return;
+    }
     for (int i = 0; i < n; i++)
         kt->quant_q8_0(x + (size_t)i * cols, (kvp_block_q8_0 *)((char *)xp + (size_t)i * row), cols);
 }

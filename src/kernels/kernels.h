@@ -45,8 +45,8 @@ int kvp_quant_row(int type, const float *src, void *dst, int64_t n);
  * Y[i*ldy + r] = sum_c W[r][c] * X[i][c]  for tokens i in [0, n) and rows r in [r0, r1).
  * W is a weight matrix of type wtype with `cols` columns. X is the activations prepared for
  * that type by kvp_act_prepare(): for F32, F16 and BF16 weights plain F32 rows of `cols`
- * floats; for Q8_0 and Q4_0 weights Q8_0 rows (as llama.cpp does, so results match it
- * within rounding). kvp_act_bytes() is the size of one prepared row. Callers split the row
+ * floats; for Q8_0, Q4_0 and Q5_0 weights Q8_0 rows, for Q4_1 and Q5_1 Q8_1 rows, for the
+ * K-quants Q8_K rows (as llama.cpp does, so results match it within rounding). kvp_act_bytes() is the size of one prepared row. Callers split the row
  * range [0, rows) across threads; n = 1 is the decode (matrix-vector) case. */
 size_t kvp_act_bytes(int wtype, int cols);
 void kvp_act_prepare(int wtype, const float *x, int n, int cols, void *xp);

@@ -137,6 +137,39 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
     }
 }
 
+/* Decode reads the weights as one linear stream, rows one after the other, prefetching
+ * KVP_PF_DIST bytes ahead (see kernels_avx512.c). */
+#define KVP_PF_DIST 4096
+
+/* Decode: y[r] = dot(W[r], x) for the 4 rows at w, read one after the other. */
+KVP_AI void kvp_fgemv4(const int et, const char *w, size_t wrow, const float *x, int cols,
+                       float *y) {
+    const size_t es = kvp_esize(et);
+    __m256 res[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        const char *wr = w + r * wrow;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int k = 0;
+        for (; k + 32 <= cols; k += 32) {
+            const char *p = wr + (size_t)k * es;
+#pragma GCC unroll 2
+            for (size_t o = 0; o < 32 * es; o += 64) _mm_prefetch(p + KVP_PF_DIST + o, _MM_HINT_T0);
+            a0 = _mm256_fmadd_ps(kvp_ld(et, p), _mm256_loadu_ps(x + k), a0);
+            a1 = _mm256_fmadd_ps(kvp_ld(et, p + 8 * es), _mm256_loadu_ps(x + k + 8), a1);
+            a2 = _mm256_fmadd_ps(kvp_ld(et, p + 16 * es), _mm256_loadu_ps(x + k + 16), a2);
+            a3 = _mm256_fmadd_ps(kvp_ld(et, p + 24 * es), _mm256_loadu_ps(x + k + 24), a3);
+        }
+        for (; k + 8 <= cols; k += 8)
+            a0 = _mm256_fmadd_ps(kvp_ld(et, wr + (size_t)k * es), _mm256_loadu_ps(x + k), a0);
+        if (k < cols)
+            a1 = _mm256_fmadd_ps(kvp_ld_part(et, wr + (size_t)k * es, cols - k),
+                                 _mm256_maskload_ps(x + k, kvp_mask8(cols - k)), a1);
+        res[r] = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    }
+    kvp_store_sums(4, res, y, 0, 1.0f);
+}
+
 KVP_AI void kvp_fgemm_rows(const int et, const int T, const char *w, size_t wrow, const float *x,
                            size_t xrow, int k0, int k1, float *y, int ldy, int r0, int r1,
                            int accum) {
@@ -158,10 +191,9 @@ KVP_AI void kvp_fgemm(const int et, const void *wv, int cols, const void *xp, in
     const char *w = wv;
     const float *x = xp;
     const size_t wrow = (size_t)cols * kvp_esize(et);
-    if (n == 1) {
+    if (n == 1) { /* decode: stream the rows once, in order */
         int r = r0;
-        for (; r + 4 <= r1; r += 4)
-            kvp_fgemm_tile(et, 4, 1, w + r * wrow, wrow, x, (size_t)cols, 0, cols, y + r, ldy, 0);
+        for (; r + 4 <= r1; r += 4) kvp_fgemv4(et, w + r * wrow, wrow, x, cols, y + r);
         for (; r < r1; r++)
             kvp_fgemm_tile(et, 1, 1, w + r * wrow, wrow, x, (size_t)cols, 0, cols, y + r, ldy, 0);
         return;
@@ -264,6 +296,26 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
     }
 }
 
+/* Decode of one quantized row of nb blocks against one token row x (block scales dx as
+ * floats); returns 8 partial sums. Two accumulators, prefetch as for float rows. */
+KVP_AI __m256 kvp_qgemv_row(const int qt, const char *wr, const kvp_block_q8_0 *x,
+                            const float *dx, int nb) {
+    const int bs = qt == KVP_Q_Q8_0 ? (int)sizeof(kvp_block_q8_0) : (int)sizeof(kvp_block_q4_0);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    for (int b = 0; b < nb; b++) {
+        if ((b & 1) == 0) _mm_prefetch(wr + (size_t)b * bs + KVP_PF_DIST, _MM_HINT_T0);
+        float wd;
+        const __m256i wq = kvp_qload(qt, wr, b, &wd);
+        const __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+        const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        if (b & 1) acc1 = _mm256_fmadd_ps(p, _mm256_set1_ps(wd * dx[b]), acc1);
+        else acc0 = _mm256_fmadd_ps(p, _mm256_set1_ps(wd * dx[b]), acc0);
+    }
+    return _mm256_add_ps(acc0, acc1);
+}
+
 KVP_AI void kvp_qgemm_rows(const int qt, const int T, const char *w, size_t wrow, const char *xp,
                            size_t xrow, const float *dx, int nbk, int b0, int b1, float *y,
                            int ldy, int r0, int r1, int accum) {
@@ -289,16 +341,24 @@ KVP_AI void kvp_qgemm(const int qt, const void *wv, int cols, const void *xpv, i
     const size_t wrow = (size_t)nb * (qt == KVP_Q_Q8_0 ? sizeof(kvp_block_q8_0) : sizeof(kvp_block_q4_0));
     const size_t xrow = (size_t)nb * sizeof(kvp_block_q8_0);
     float dx[KVP_QG_DX];
-    if (n == 1) {
+    if (n == 1) { /* decode: stream the rows once, in order, 4 rows per reduction */
         const int kb = kvp_even_chunk(nb, KVP_QG_DX, 1);
         for (int b0 = 0; b0 < nb; b0 += kb) {
             const int b1 = KVP_MIN(nb, b0 + kb), accum = b0 > 0;
             kvp_dx_build(dx, xp, xrow, 1, b0, b1);
+            const kvp_block_q8_0 *xb = (const kvp_block_q8_0 *)xp + b0;
+            const size_t off = (size_t)b0 * (wrow / (size_t)nb);
             int r = r0;
-            for (; r + 4 <= r1; r += 4)
-                kvp_qgemm_tile(qt, 4, 1, w + r * wrow, wrow, xp, xrow, dx, b1 - b0, b0, b1, y + r, ldy, accum);
-            for (; r < r1; r++)
-                kvp_qgemm_tile(qt, 1, 1, w + r * wrow, wrow, xp, xrow, dx, b1 - b0, b0, b1, y + r, ldy, accum);
+            for (; r + 4 <= r1; r += 4) {
+                __m256 res[4];
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) res[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, xb, dx, b1 - b0);
+                kvp_store_sums(4, res, y + r, accum, 1.0f);
+            }
+            for (; r < r1; r++) {
+                __m256 res = kvp_qgemv_row(qt, w + r * wrow + off, xb, dx, b1 - b0);
+                kvp_store_sums(1, &res, y + r, accum, 1.0f);
+            }
         }
         return;
     }

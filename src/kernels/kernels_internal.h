@@ -30,7 +30,7 @@ typedef void (*kvp_from_float_fn)(const float *src, void *dst, int64_t n);
 typedef float (*kvp_dot_row_fn)(const void *w, const void *x, int cols);
 
 typedef struct kvp_type_ops {
-    int act_type;               /* KVP_TYPE_F32 or KVP_TYPE_Q8_0; -1 when not multipliable */
+    int act_type;               /* F32, Q8_0, Q8_1 or Q8_K; -1 when not multipliable */
     kvp_to_float_fn to_float;   /* NULL when kvpack cannot dequantize the type */
     kvp_from_float_fn from_float; /* NULL when kvpack cannot quantize into the type */
     kvp_dot_row_fn dot_ref;     /* NULL when kvpack cannot multiply the type */

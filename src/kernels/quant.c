@@ -15,6 +15,7 @@
 
 #include "common/common.h"
 #include "kernels/kernels_internal.h"
+#include "kernels/kquants.h"
 
 /* The block layouts are GGUF's; their sizes are part of the file format. */
 _Static_assert(sizeof(kvp_block_q8_0) == 34, "Q8_0 block must be 34 bytes (f16 d + 32 int8)");
@@ -28,16 +29,16 @@ static const kvp_type_traits kvp_traits[KVP_TYPE_TABLE_SIZE] = {
     [0] = {"F32", 1, 4, 1},
     [1] = {"F16", 1, 2, 1},
     [2] = {"Q4_0", 32, 18, 1},
-    [3] = {"Q4_1", 32, 20, 0},
-    [6] = {"Q5_0", 32, 22, 0},
-    [7] = {"Q5_1", 32, 24, 0},
+    [3] = {"Q4_1", 32, 20, 1},
+    [6] = {"Q5_0", 32, 22, 1},
+    [7] = {"Q5_1", 32, 24, 1},
     [8] = {"Q8_0", 32, 34, 1},
     [9] = {"Q8_1", 32, 36, 0},
-    [10] = {"Q2_K", KVP_QK_K, 84, 0},
-    [11] = {"Q3_K", KVP_QK_K, 110, 0},
-    [12] = {"Q4_K", KVP_QK_K, 144, 0},
-    [13] = {"Q5_K", KVP_QK_K, 176, 0},
-    [14] = {"Q6_K", KVP_QK_K, 210, 0},
+    [10] = {"Q2_K", KVP_QK_K, 84, 1},
+    [11] = {"Q3_K", KVP_QK_K, 110, 1},
+    [12] = {"Q4_K", KVP_QK_K, 144, 1},
+    [13] = {"Q5_K", KVP_QK_K, 176, 1},
+    [14] = {"Q6_K", KVP_QK_K, 210, 1},
     [15] = {"Q8_K", KVP_QK_K, 292, 0},
     [16] = {"IQ2_XXS", KVP_QK_K, 66, 0},
     [17] = {"IQ2_XS", KVP_QK_K, 74, 0},
@@ -250,6 +251,17 @@ static const kvp_type_ops kvp_ops[KVP_TYPE_TABLE_SIZE] = {
     [KVP_TYPE_BF16] = {KVP_TYPE_F32, kvp_bf16_to_float, kvp_bf16_from_float, kvp_dot_row_bf16},
     [KVP_TYPE_Q8_0] = {KVP_TYPE_Q8_0, kvp_q8_0_to_float, kvp_q8_0_from_float, kvp_dot_row_q8_0},
     [KVP_TYPE_Q4_0] = {KVP_TYPE_Q8_0, kvp_q4_0_to_float, kvp_q4_0_from_float, kvp_dot_row_q4_0},
+    /* kquants.c: the legacy offset types, the K-quants and their activation types. */
+    [KVP_TYPE_Q4_1] = {KVP_TYPE_Q8_1, kvp_q4_1_to_float, NULL, kvp_dot_q4_1_ref},
+    [KVP_TYPE_Q5_0] = {KVP_TYPE_Q8_0, kvp_q5_0_to_float, NULL, kvp_dot_q5_0_ref},
+    [KVP_TYPE_Q5_1] = {KVP_TYPE_Q8_1, kvp_q5_1_to_float, NULL, kvp_dot_q5_1_ref},
+    [KVP_TYPE_Q8_1] = {-1, kvp_q8_1_to_float, kvp_quant_q8_1_ref, NULL},
+    [KVP_TYPE_Q2_K] = {KVP_TYPE_Q8_K, kvp_q2_K_to_float, NULL, kvp_dot_q2_K_ref},
+    [KVP_TYPE_Q3_K] = {KVP_TYPE_Q8_K, kvp_q3_K_to_float, NULL, kvp_dot_q3_K_ref},
+    [KVP_TYPE_Q4_K] = {KVP_TYPE_Q8_K, kvp_q4_K_to_float, NULL, kvp_dot_q4_K_ref},
+    [KVP_TYPE_Q5_K] = {KVP_TYPE_Q8_K, kvp_q5_K_to_float, NULL, kvp_dot_q5_K_ref},
+    [KVP_TYPE_Q6_K] = {KVP_TYPE_Q8_K, kvp_q6_K_to_float, NULL, kvp_dot_q6_K_ref},
+    [KVP_TYPE_Q8_K] = {-1, kvp_q8_K_to_float, kvp_quant_q8_K_ref, NULL},
 };
 
 const kvp_type_ops *kvp_type_ops_get(int type) {

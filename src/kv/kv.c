@@ -6,6 +6,7 @@
 
 #include "common/common.h"
 #include "kv.h"
+#include "kv/quant.h"
 
 static int kvp_kv_check_shape(const kvp_kv_shape *s) {
     if (s->n_layers <= 0 || s->n_heads <= 0 || s->n_kv_heads <= 0 || s->head_dim <= 0 ||
@@ -20,7 +21,9 @@ int kvp_kv_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_
     KVP_TRY(kvp_kv_check_shape(shape));
     if (!spec || !*spec || !strcmp(spec, "f16")) return kvp_kv_full_new(KVP_TYPE_F16, shape, pool, out);
     if (!strcmp(spec, "f32")) return kvp_kv_full_new(KVP_TYPE_F32, shape, pool, out);
-    return kvp_seterr(KVP_EINVAL, "unknown KV cache spec '%s' (valid: f16, f32)", spec);
+    if (spec[0] == 'k' && spec[1] >= '0' && spec[1] <= '9') return kvp_kv_kivi_new(spec, shape, pool, out);
+    return kvp_seterr(KVP_EINVAL, "unknown KV cache spec '%s' (valid: f16, f32, "
+                      "kXvY[:rR][:gG][:rot|:bal|:none] with X, Y in 2, 3, 4, 8, e.g. k4v4, k2v2:r128:g32)", spec);
 }
 
 void kvp_kv_free(kvp_kv *kv) {

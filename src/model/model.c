@@ -59,6 +59,27 @@ int kvp_model_load(const char *path, const char *tokenizer_path, kvp_model **out
     return KVP_OK;
 }
 
+int kvp_model_load_memory(const void *buf, size_t size, kvp_model **out) {
+    static const char label[] = "(GGUF image in memory)";
+    if (!out) return kvp_seterr(KVP_EINVAL, "kvp_model_load_memory: NULL argument");
+    *out = NULL;
+    if (!buf || (uintptr_t)buf % 8 != 0)
+        return kvp_seterr(KVP_EINVAL, "kvp_model_load_memory: the image must be a non-NULL, 8-byte aligned buffer");
+    kvp_kernels_init();
+    kvp_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(label))) {
+        free(m);
+        return kvp_seterr(KVP_ENOMEM, "out of memory loading a model from memory");
+    }
+    int rc = kvp_model_load_gguf_memory(m, buf, size, label);
+    if (rc < 0) {
+        kvp_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return KVP_OK;
+}
+
 void kvp_model_free(kvp_model *m) {
     if (!m) return;
     kvp_tokenizer_free(m->tok);
@@ -98,6 +119,13 @@ int kvp_tokenize(const kvp_model *m, const char *text, size_t len, int add_bos, 
                  int cap, int *n) {
     return kvp_tokenizer_encode(m->tok, text, len, add_bos, ids, cap, n);
 }
+
+int kvp_tokenize_ex(const kvp_model *m, const char *text, size_t len, int flags, int *ids, int cap,
+                    int *n) {
+    return kvp_tokenizer_encode_ex(m->tok, text, len, flags, ids, cap, n);
+}
+
+int kvp_token_is_eog(const kvp_model *m, int id) { return kvp_tokenizer_is_eog(m->tok, id); }
 
 int kvp_detokenize(const kvp_model *m, int prev, int id, char *buf, size_t cap) {
     return kvp_tokenizer_decode(m->tok, prev, id, buf, cap);

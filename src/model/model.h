@@ -26,6 +26,8 @@ typedef struct kvp_layer_weights {
     kvp_weight wo;                          /* (dim, n_heads * head_dim) */
     kvp_weight w_gate, w_up;                /* (hidden_dim, dim) */
     kvp_weight w_down;                      /* (dim, hidden_dim) */
+    const float *bq, *bk, *bv;              /* QKV biases or NULL (qwen2): (q_dim), (kv_dim) */
+    const float *q_norm, *k_norm;           /* per-head RMSNorm weights or NULL (qwen3): (head_dim) */
 } kvp_layer_weights;
 
 struct kvp_model {
@@ -34,6 +36,7 @@ struct kvp_model {
     const float *out_norm;                  /* (dim) */
     kvp_weight output;                      /* (vocab, dim); the embedding when tied */
     kvp_layer_weights *layers;              /* (n_layers) */
+    const float *rope_freqs;                /* rotary frequency factors or NULL (Llama 3): (head_dim / 2) */
     kvp_tokenizer *tok;
     kvp_gguf *gguf;                         /* GGUF models: the parsed, mapped file */
     void *map;                              /* llama2.c models: the mapping */
@@ -41,6 +44,8 @@ struct kvp_model {
     float **owned;                          /* vectors converted to F32, freed with the model */
     int n_owned;
     char *path;
+    uint64_t weights_hash;                  /* context codec: XXH64 of the weight bytes, 0 until first needed
+                                             * (src/codec/fingerprint.c; read and written atomically) */
 };
 
 /* Shared by the loaders: shape validation, keeping converted vectors, byte accounting. */
@@ -49,6 +54,8 @@ int kvp_model_own(kvp_model *m, float *p);
 void kvp_model_account(kvp_model *m);
 
 int kvp_model_load_gguf(kvp_model *m, const char *path);
+/* A GGUF image in memory that outlives the model (borrowed); `label` names it in errors. */
+int kvp_model_load_gguf_memory(kvp_model *m, const void *buf, size_t size, const char *label);
 int kvp_model_load_llama2c(kvp_model *m, const char *path, const char *tokenizer_path);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * model_gguf.c: building a kvp_model from a GGUF file (architecture `llama`).
+ * model_gguf.c: building a kvp_model from a GGUF file (architectures llama, qwen2, qwen3).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +31,41 @@ static int kvp_gguf_arch_f32(const kvp_gguf *g, const char *arch, const char *su
     return rc == KVP_ENOTFOUND ? KVP_OK : rc;
 }
 
+/* The architectures kvpack runs: the rotary style and what their layers add to llama's.
+ * qkv_bias / qk_norm: 1 when the tensors are required; llama may carry optional biases. */
+typedef struct kvp_arch_desc {
+    const char *name;
+    int rope_style, qkv_bias, qk_norm;
+} kvp_arch_desc;
+
+static const kvp_arch_desc kvp_archs[] = {
+    {"llama", KVP_ROPE_NORM, 0, 0}, /* Llama 1/2/3, TinyLlama, SmolLM, Mistral */
+    {"qwen2", KVP_ROPE_NEOX, 1, 0}, /* Qwen2, Qwen2.5: QKV biases */
+    {"qwen3", KVP_ROPE_NEOX, 0, 1}, /* Qwen3: per-head q/k RMSNorm */
+};
+
+static const kvp_arch_desc *kvp_arch_find(const char *name) {
+    for (size_t i = 0; i < KVP_ARRAY_LEN(kvp_archs); i++)
+        if (!strcmp(kvp_archs[i].name, name)) return &kvp_archs[i];
+    return NULL;
+}
+
+/* Refuses rotary variants kvpack does not implement: a partial rotary dimension and the
+ * linear / YaRN context scalings (Llama 3's scaling comes as the rope_freqs tensor). */
+static int kvp_gguf_check_rope(const kvp_gguf *g, const kvp_model_info *in) {
+    int rot = in->head_dim;
+    KVP_TRY(kvp_gguf_arch_u32(g, in->arch, "rope.dimension_count", &rot, 0));
+    if (rot != in->head_dim)
+        return kvp_seterr(KVP_EUNSUPPORTED, "rotary dimension %d differs from the head dimension %d (partial "
+                          "rotary embeddings are not supported)", rot, in->head_dim);
+    char key[128];
+    kvp_gguf_str s;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", in->arch);
+    if (kvp_gguf_get_str(g, key, &s) == KVP_OK && !(s.len == 4 && !memcmp(s.s, "none", 4)))
+        return kvp_seterr(KVP_EUNSUPPORTED, "rope scaling '%.*s' is not supported", (int)KVP_MIN(s.len, 32), s.s);
+    return KVP_OK;
+}
+
 /* Fills the shape fields of m->info from the metadata. */
 static int kvp_gguf_read_hparams(kvp_model *m, const kvp_gguf *g) {
     kvp_model_info *in = &m->info;
@@ -38,8 +73,10 @@ static int kvp_gguf_read_hparams(kvp_model *m, const kvp_gguf *g) {
     if (kvp_gguf_get_str(g, "general.architecture", &s) < 0)
         return kvp_seterr(KVP_EFORMAT, "metadata key 'general.architecture' is missing");
     snprintf(in->arch, sizeof in->arch, "%.*s", (int)KVP_MIN(s.len, 31), s.s);
-    if (strcmp(in->arch, "llama") != 0)
-        return kvp_seterr(KVP_EUNSUPPORTED, "architecture '%s' is not supported (supported: llama)", in->arch);
+    const kvp_arch_desc *ad = kvp_arch_find(in->arch);
+    if (!ad)
+        return kvp_seterr(KVP_EUNSUPPORTED, "architecture '%s' is not supported (supported: llama, qwen2, qwen3)",
+                          in->arch);
     if (kvp_gguf_get_str(g, "general.name", &s) == KVP_OK)
         snprintf(in->name, sizeof in->name, "%.*s", (int)KVP_MIN(s.len, 63), s.s);
     const char *a = in->arch;
@@ -56,7 +93,8 @@ static int kvp_gguf_read_hparams(kvp_model *m, const kvp_gguf *g) {
     in->norm_eps = 1e-5f;
     KVP_TRY(kvp_gguf_arch_f32(g, a, "rope.freq_base", &in->rope_theta));
     KVP_TRY(kvp_gguf_arch_f32(g, a, "attention.layer_norm_rms_epsilon", &in->norm_eps));
-    in->rope_style = KVP_ROPE_NORM; /* llama: interleaved pairs */
+    in->rope_style = ad->rope_style; /* llama: interleaved pairs; qwen: split halves */
+    KVP_TRY(kvp_gguf_check_rope(g, in));
     snprintf(in->format, sizeof in->format, "GGUF v%u", g->version);
     in->file_bytes = g->size;
     const kvp_gguf_tensor *te = kvp_gguf_find_tensor(g, "token_embd.weight");
@@ -100,6 +138,28 @@ static int kvp_gguf_vector(kvp_model *m, const char *name, int n, const float **
     return KVP_OK;
 }
 
+/* The (n) vector "blk.<l>.<suffix>", or NULL when it is absent and not required. */
+static int kvp_gguf_opt_vector(kvp_model *m, int l, const char *suffix, int n, int required, const float **out) {
+    char name[96];
+    snprintf(name, sizeof name, "blk.%d.%s", l, suffix);
+    *out = NULL;
+    if (!required && !kvp_gguf_find_tensor(m->gguf, name)) return KVP_OK;
+    return kvp_gguf_vector(m, name, n, out);
+}
+
+/* QKV biases (required by qwen2, optional for llama) and per-head q/k norms (qwen3). */
+static int kvp_gguf_layer_extras(kvp_model *m, int l) {
+    const kvp_model_info *in = &m->info;
+    const kvp_arch_desc *ad = kvp_arch_find(in->arch);
+    kvp_layer_weights *L = &m->layers[l];
+    const int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
+    KVP_TRY(kvp_gguf_opt_vector(m, l, "attn_q.bias", qd, ad->qkv_bias, &L->bq));
+    KVP_TRY(kvp_gguf_opt_vector(m, l, "attn_k.bias", kvd, ad->qkv_bias, &L->bk));
+    KVP_TRY(kvp_gguf_opt_vector(m, l, "attn_v.bias", kvd, ad->qkv_bias, &L->bv));
+    KVP_TRY(kvp_gguf_opt_vector(m, l, "attn_q_norm.weight", in->head_dim, ad->qk_norm, &L->q_norm));
+    return kvp_gguf_opt_vector(m, l, "attn_k_norm.weight", in->head_dim, ad->qk_norm, &L->k_norm);
+}
+
 static int kvp_gguf_layer(kvp_model *m, int l) {
     const kvp_model_info *in = &m->info;
     kvp_layer_weights *L = &m->layers[l];
@@ -119,7 +179,8 @@ static int kvp_gguf_layer(kvp_model *m, int l) {
     snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
     KVP_TRY(kvp_gguf_vector(m, name, in->dim, &L->attn_norm));
     snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
-    return kvp_gguf_vector(m, name, in->dim, &L->ffn_norm);
+    KVP_TRY(kvp_gguf_vector(m, name, in->dim, &L->ffn_norm));
+    return kvp_gguf_layer_extras(m, l);
 }
 
 /* The vocabulary size is the embedding's row count (read with the shape); the tokenizer must agree. */
@@ -132,11 +193,14 @@ static int kvp_gguf_embeddings(kvp_model *m) {
         m->output = m->tok_embd;
         m->info.tied_output = 1;
     }
+    if (kvp_gguf_find_tensor(m->gguf, "rope_freqs.weight")) /* Llama 3.1+ rotary scaling */
+        KVP_TRY(kvp_gguf_vector(m, "rope_freqs.weight", m->info.head_dim / 2, &m->rope_freqs));
     return KVP_OK;
 }
 
-int kvp_model_load_gguf(kvp_model *m, const char *path) {
-    KVP_TRY(kvp_gguf_open(path, &m->gguf));
+/* Builds the model from the parsed m->gguf; `path` (a file path, or a label for an image in
+ * memory) prefixes error messages and names a model that has no general.name. */
+static int kvp_gguf_build(kvp_model *m, const char *path) {
     int rc = kvp_gguf_read_hparams(m, m->gguf);
     if (rc == KVP_OK) rc = kvp_gguf_embeddings(m);
     if (rc == KVP_OK && !(m->layers = calloc((size_t)m->info.n_layers, sizeof *m->layers)))
@@ -153,4 +217,15 @@ int kvp_model_load_gguf(kvp_model *m, const char *path) {
     }
     kvp_model_account(m);
     return KVP_OK;
+}
+
+int kvp_model_load_gguf(kvp_model *m, const char *path) {
+    KVP_TRY(kvp_gguf_open(path, &m->gguf));
+    return kvp_gguf_build(m, path);
+}
+
+int kvp_model_load_gguf_memory(kvp_model *m, const void *buf, size_t size, const char *label) {
+    int rc = kvp_gguf_parse(buf, size, &m->gguf);
+    if (rc < 0) return kvp_errprefix(rc, label);
+    return kvp_gguf_build(m, label);
 }

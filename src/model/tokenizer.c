@@ -11,10 +11,11 @@
  *
  * Encoding. First, as llama.cpp does even when it does not parse special tokens, the text
  * is split around occurrences of user-defined tokens (type 4, longest first), which become
- * their token directly (kvp_tok_partition). Control and unknown tokens are not looked for:
- * the text is plain text. Each remaining fragment is encoded by kvp_tok_encode_text: it
+ * their token directly (kvp_tok_partition). Control and unknown tokens are looked for only
+ * when the caller asks to parse special tokens (kvp_tokenize_ex with
+ * KVP_TOKENIZE_PARSE_SPECIAL); otherwise their text is plain text. Each remaining fragment is encoded by kvp_tok_encode_text: it
  * gets a leading space when add_space_prefix is set and it starts the text or follows a
- * user-defined token (llama.cpp's rule), every space becomes "▁", and the result is cut
+ * matched token (llama.cpp's rule), every space becomes "▁", and the result is cut
  * into UTF-8 characters by the lead byte alone (as llama.cpp's unicode_len_utf8 does, so
  * invalid UTF-8 is cut the same way). The symbols form a doubly linked list; every
  * adjacent pair whose concatenation is a piece goes into a max-heap ordered by the piece's
@@ -74,8 +75,10 @@ struct kvp_tokenizer {
     int *table;
     size_t table_mask;
     int byte_id[256];       /* the token of each byte for byte fallback, or -1 */
-    int *user;              /* user-defined tokens with a piece, longest first */
+    int *user;              /* user-defined, control and unknown tokens with a piece, longest first */
     int n_user;
+    int n_user_defined;     /* how many of them are user-defined (matched without parse_special) */
+    kvp_bpe *bpe;           /* a byte-level BPE vocabulary: every call goes to tokenizer_bpe.c */
 };
 
 /* ------------------------------------------------------------------------------------
@@ -145,6 +148,7 @@ void kvp_tokenizer_free(kvp_tokenizer *t) {
     free(t->types);
     free(t->table);
     free(t->user);
+    kvp_bpe_free(t->bpe);
     free(t);
 }
 
@@ -287,10 +291,19 @@ static int kvp_tok_cmp_user(const void *a, const void *b) {
     return (x->id > y->id) - (x->id < y->id);
 }
 
-/* Lists the user-defined tokens that the encoder splits out of the text. */
+/* 1 for the tokens the encoder may split out of the text: user-defined ones always,
+ * control and unknown ones with parse_special (llama.cpp's rule). */
+static int kvp_tok_is_special(const kvp_tokenizer *t, int id) {
+    const int ty = t->types[id];
+    return (ty == KVP_TOK_USER_DEFINED || ty == KVP_TOK_CONTROL || ty == KVP_TOK_UNKNOWN) && t->piece_len[id] > 0;
+}
+
+/* Lists the tokens that the encoder splits out of the text. */
 static int kvp_tok_build_user(kvp_tokenizer *t) {
-    for (int id = 0; id < t->n_vocab; id++)
-        t->n_user += t->types[id] == KVP_TOK_USER_DEFINED && t->piece_len[id] > 0;
+    for (int id = 0; id < t->n_vocab; id++) {
+        t->n_user += kvp_tok_is_special(t, id);
+        t->n_user_defined += t->types[id] == KVP_TOK_USER_DEFINED && t->piece_len[id] > 0;
+    }
     if (t->n_user == 0) return KVP_OK;
     kvp_tok_user *u = malloc((size_t)t->n_user * sizeof *u);
     t->user = malloc((size_t)t->n_user * sizeof *t->user);
@@ -300,8 +313,7 @@ static int kvp_tok_build_user(kvp_tokenizer *t) {
     }
     int k = 0;
     for (int id = 0; id < t->n_vocab; id++)
-        if (t->types[id] == KVP_TOK_USER_DEFINED && t->piece_len[id] > 0)
-            u[k++] = (kvp_tok_user){t->piece_len[id], id};
+        if (kvp_tok_is_special(t, id)) u[k++] = (kvp_tok_user){t->piece_len[id], id};
     qsort(u, (size_t)k, sizeof *u, kvp_tok_cmp_user);
     for (int i = 0; i < k; i++) t->user[i] = u[i].id;
     free(u);
@@ -409,7 +421,7 @@ int kvp_tokenizer_from_llama2c(const char *path, int vocab_size, kvp_tokenizer *
 
 /* Reads a special token id: any integer type; absent keeps *id; -1 (also written as the
  * unsigned 0xFFFFFFFF, as llama.cpp does for "none") gives -1. */
-static int kvp_gguf_tok_id(const kvp_gguf *g, const char *key, int *id) {
+int kvp_gguf_tok_id(const kvp_gguf *g, const char *key, int *id) {
     const kvp_gguf_kv *kv = kvp_gguf_find(g, key);
     if (!kv) return KVP_OK;
     int64_t v;
@@ -430,10 +442,11 @@ static int kvp_gguf_tok_id(const kvp_gguf *g, const char *key, int *id) {
     return KVP_OK;
 }
 
-/* Accepts tokenizer.ggml.model "llama"; names any other model in the error. */
+/* Accepts tokenizer.ggml.model "llama" (returns 0) and "gpt2" (returns 1); names any
+ * other model in the error. */
 static int kvp_gguf_tok_model(const kvp_gguf *g) {
     static const char *const known[][2] = {
-        {"gpt2", "byte-level BPE"}, {"bert", "WordPiece"}, {"t5", "Unigram"},
+        {"bert", "WordPiece"}, {"t5", "Unigram"},
         {"rwkv", "RWKV greedy"}, {"no_vocab", "no vocabulary"}, {"none", "no vocabulary"},
     };
     kvp_gguf_str s;
@@ -442,6 +455,7 @@ static int kvp_gguf_tok_model(const kvp_gguf *g) {
         return kvp_seterr(KVP_EFORMAT, "the file has no vocabulary (tokenizer.ggml.model is missing)");
     KVP_TRY(rc);
     if (s.len == 5 && memcmp(s.s, "llama", 5) == 0) return KVP_OK;
+    if (s.len == 4 && memcmp(s.s, "gpt2", 4) == 0) return 1;
     char name[64];
     size_t n = KVP_MIN(s.len, sizeof name - 1);
     for (size_t i = 0; i < n; i++) name[i] = s.s[i] >= 0x20 && s.s[i] < 0x7f ? s.s[i] : '?';
@@ -496,9 +510,25 @@ static int kvp_gguf_tok_params(const kvp_gguf *g, kvp_tokenizer *t) {
     return rc == KVP_ENOTFOUND ? KVP_OK : rc;
 }
 
+/* A byte-level BPE vocabulary: a tokenizer that hands every call to tokenizer_bpe.c. */
+static int kvp_gguf_tok_bpe(const kvp_gguf *g, kvp_tokenizer **out) {
+    kvp_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return kvp_seterr(KVP_ENOMEM, "out of memory");
+    int rc = kvp_bpe_from_gguf(g, &t->bpe);
+    if (rc < 0) {
+        free(t);
+        return rc;
+    }
+    t->n_vocab = kvp_bpe_n_vocab(t->bpe);
+    *out = t;
+    return KVP_OK;
+}
+
 static int kvp_gguf_tok_build(const kvp_gguf *g, kvp_tokenizer **out) {
     const kvp_gguf_kv *tokens, *scores, *types;
-    KVP_TRY(kvp_gguf_tok_model(g));
+    const int kind = kvp_gguf_tok_model(g);
+    if (kind < 0) return kind;
+    if (kind == 1) return kvp_gguf_tok_bpe(g, out);
     int rc = kvp_gguf_get_arr(g, "tokenizer.ggml.tokens", KVP_GGUF_STRING, &tokens);
     if (rc == KVP_ENOTFOUND)
         return kvp_seterr(KVP_EFORMAT, "the file has no tokenizer.ggml.tokens");
@@ -534,12 +564,17 @@ int kvp_tokenizer_from_gguf(const kvp_gguf *g, kvp_tokenizer **out) {
  * ---------------------------------------------------------------------------------- */
 
 int kvp_tokenizer_n_vocab(const kvp_tokenizer *t) { return t ? t->n_vocab : 0; }
-int kvp_tokenizer_bos(const kvp_tokenizer *t) { return t ? t->bos : -1; }
-int kvp_tokenizer_eos(const kvp_tokenizer *t) { return t ? t->eos : -1; }
+int kvp_tokenizer_bos(const kvp_tokenizer *t) { return !t ? -1 : t->bpe ? kvp_bpe_bos(t->bpe) : t->bos; }
+int kvp_tokenizer_eos(const kvp_tokenizer *t) { return !t ? -1 : t->bpe ? kvp_bpe_eos(t->bpe) : t->eos; }
 
 const char *kvp_tokenizer_piece(const kvp_tokenizer *t, int id) {
     if (!t || id < 0 || id >= t->n_vocab) return NULL;
-    return kvp_tok_piece_at(t, id);
+    return t->bpe ? kvp_bpe_piece(t->bpe, id) : kvp_tok_piece_at(t, id);
+}
+
+int kvp_tokenizer_is_eog(const kvp_tokenizer *t, int id) {
+    if (!t || id < 0 || id >= t->n_vocab) return 0;
+    return t->bpe ? kvp_bpe_is_eog(t->bpe, id) : id == t->eos;
 }
 
 /* ------------------------------------------------------------------------------------
@@ -751,12 +786,14 @@ static int kvp_tok_split_frag(const kvp_tokenizer *t, const char *text, kvp_tok_
     return kvp_tok_frag_add(out, off, end - off, -1);
 }
 
-/* Splits the text around the user-defined tokens, longest first, as llama.cpp does. On
- * success *list holds the fragments in order (the caller frees list->f). */
-static int kvp_tok_partition(const kvp_tokenizer *t, const char *text, size_t len,
+/* Splits the text around the user-defined tokens (and with `parse` the control and
+ * unknown tokens), longest first, as llama.cpp does. On success *list holds the fragments
+ * in order (the caller frees list->f). */
+static int kvp_tok_partition(const kvp_tokenizer *t, const char *text, size_t len, int parse,
                              kvp_tok_frags *list) {
     int rc = kvp_tok_frag_add(list, 0, len, -1);
     for (int u = 0; u < t->n_user && rc == KVP_OK; u++) {
+        if (!parse && t->types[t->user[u]] != KVP_TOK_USER_DEFINED) continue;
         kvp_tok_frags next = {0};
         for (size_t i = 0; i < list->n && rc == KVP_OK; i++)
             rc = kvp_tok_split_frag(t, text, list->f[i], t->user[u], &next);
@@ -785,11 +822,12 @@ static int kvp_tok_encode_frags(const kvp_tokenizer *t, const char *text, const 
 }
 
 /* Encodes non-empty text, appending to ids from *k on. */
-static int kvp_tok_encode_all(const kvp_tokenizer *t, const char *text, size_t len, int *ids,
-                              int cap, int *k) {
-    if (t->n_user == 0) return kvp_tok_encode_text(t, text, len, t->add_space_prefix, ids, cap, k);
+static int kvp_tok_encode_all(const kvp_tokenizer *t, const char *text, size_t len, int parse,
+                              int *ids, int cap, int *k) {
+    if ((parse ? t->n_user : t->n_user_defined) == 0)
+        return kvp_tok_encode_text(t, text, len, t->add_space_prefix, ids, cap, k);
     kvp_tok_frags list = {0};
-    int rc = kvp_tok_partition(t, text, len, &list);
+    int rc = kvp_tok_partition(t, text, len, parse, &list);
     if (rc == KVP_OK) rc = kvp_tok_encode_frags(t, text, &list, ids, cap, k);
     free(list.f);
     return rc;
@@ -797,16 +835,26 @@ static int kvp_tok_encode_all(const kvp_tokenizer *t, const char *text, size_t l
 
 int kvp_tokenizer_encode(const kvp_tokenizer *t, const char *text, size_t len, int add_bos,
                          int *ids, int cap, int *n) {
+    const int parse = t && t->bpe ? KVP_TOKENIZE_PARSE_SPECIAL : 0; /* SentencePiece: as llama.cpp by default */
+    return kvp_tokenizer_encode_ex(t, text, len, (add_bos ? KVP_TOKENIZE_ADD_SPECIAL : 0) | parse, ids, cap, n);
+}
+
+int kvp_tokenizer_encode_ex(const kvp_tokenizer *t, const char *text, size_t len, int flags,
+                            int *ids, int cap, int *n) {
     if (n) *n = 0;
     if (!t || !n || cap < 0 || (!ids && cap > 0) || (!text && len > 0))
         return kvp_seterr(KVP_EINVAL, "kvp_tokenize: bad arguments");
+    if (t->bpe)
+        return kvp_bpe_encode(t->bpe, text, len, flags & KVP_TOKENIZE_ADD_SPECIAL,
+                              (flags & KVP_TOKENIZE_PARSE_SPECIAL) != 0, ids, cap, n);
+    const int add_bos = (flags & KVP_TOKENIZE_ADD_SPECIAL) != 0;
     /* A byte yields at most 3 escaped bytes, and a fragment's space prefix 3 more, each at
      * most one token: 6 * len + 4 tokens must fit an int. */
     if (len > (size_t)(INT_MAX / 8))
         return kvp_seterr(KVP_EINVAL, "kvp_tokenize: text of %zu bytes is too long", len);
     int k = 0;
     if (add_bos && t->bos >= 0) kvp_tok_emit(t->bos, ids, cap, &k);
-    if (len > 0) KVP_TRY(kvp_tok_encode_all(t, text, len, ids, cap, &k));
+    if (len > 0) KVP_TRY(kvp_tok_encode_all(t, text, len, (flags & KVP_TOKENIZE_PARSE_SPECIAL) != 0, ids, cap, &k));
     *n = k;
     if (k > cap)
         return kvp_seterr(KVP_ERANGE, "the text needs %d tokens, the buffer holds %d", k, cap);
@@ -822,6 +870,7 @@ int kvp_tokenizer_decode(const kvp_tokenizer *t, int prev, int id, char *buf, si
     if (id < 0 || id >= t->n_vocab)
         return kvp_seterr(KVP_ERANGE, "token id %d is out of range (vocabulary of %d)", id,
                           t->n_vocab);
+    if (t->bpe) return kvp_bpe_decode(t->bpe, id, buf, cap);
     const char *s = t->texts.p + t->text_off[id];
     size_t n = (size_t)t->text_len[id];
     /* The space the encoder prefixed to the text is not part of it. */

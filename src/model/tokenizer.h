@@ -1,6 +1,7 @@
 /*
  * tokenizer.h: SentencePiece-style BPE (scores, byte fallback), as llama.cpp's `llama`
- * tokenizer model and llama2.c implement it.
+ * tokenizer model and llama2.c implement it, and GPT-2-style byte-level BPE (the "gpt2"
+ * model of Llama 3, Qwen and SmolLM; tokenizer_bpe.c), behind one interface.
  *
  * A tokenizer is built from GGUF metadata (tokenizer.ggml.model = "llama", with
  * tokenizer.ggml.tokens, .scores, .token_type, .bos_token_id, .eos_token_id,
@@ -19,7 +20,8 @@
 
 typedef struct kvp_tokenizer kvp_tokenizer;
 
-/* KVP_EUNSUPPORTED (naming the model) for tokenizer.ggml.model other than "llama". */
+/* "llama" (SentencePiece) or "gpt2" (byte-level BPE, tokenizer_bpe.c); KVP_EUNSUPPORTED
+ * naming the model for any other tokenizer.ggml.model. */
 int kvp_tokenizer_from_gguf(const kvp_gguf *g, kvp_tokenizer **out);
 /* A llama2.c tokenizer file: int32 max_token_length, then per token: float score,
  * int32 len, len bytes. vocab_size comes from the checkpoint header. */
@@ -37,5 +39,30 @@ int kvp_tokenizer_encode(const kvp_tokenizer *t, const char *text, size_t len, i
 int kvp_tokenizer_decode(const kvp_tokenizer *t, int prev, int id, char *buf, size_t cap);
 /* The raw piece of a token as stored in the vocabulary (for `kvpack tokenize --pieces`). */
 const char *kvp_tokenizer_piece(const kvp_tokenizer *t, int id);
+
+/* kvp_tokenize_ex() in kvpack.h: flags KVP_TOKENIZE_*. */
+int kvp_tokenizer_encode_ex(const kvp_tokenizer *t, const char *text, size_t len, int flags,
+                            int *ids, int cap, int *n);
+/* 1 when id ends a generation (EOS, EOT, or a control token such as <|eot_id|>, <|im_end|>). */
+int kvp_tokenizer_is_eog(const kvp_tokenizer *t, int id);
+
+/* Reads a special token id from GGUF metadata key `key`: any integer type; absent keeps
+ * *id; -1 (also written as the unsigned 0xFFFFFFFF) gives -1. */
+int kvp_gguf_tok_id(const kvp_gguf *g, const char *key, int *id);
+
+/* ---- GPT-2-style byte-level BPE (tokenizer_bpe.c), used through the functions above ---- */
+typedef struct kvp_bpe kvp_bpe;
+int kvp_bpe_from_gguf(const kvp_gguf *g, kvp_bpe **out);
+void kvp_bpe_free(kvp_bpe *b);
+/* add_special: BOS/EOS as the vocabulary's add_bos_token / add_eos_token ask; parse_special:
+ * control tokens in the text are matched too (user-defined tokens always are). */
+int kvp_bpe_encode(const kvp_bpe *b, const char *text, size_t len, int add_special, int parse_special,
+                   int *ids, int cap, int *n);
+int kvp_bpe_decode(const kvp_bpe *b, int id, char *buf, size_t cap);
+int kvp_bpe_n_vocab(const kvp_bpe *b);
+int kvp_bpe_bos(const kvp_bpe *b);
+int kvp_bpe_eos(const kvp_bpe *b);
+const char *kvp_bpe_piece(const kvp_bpe *b, int id);
+int kvp_bpe_is_eog(const kvp_bpe *b, int id);
 
 #endif

@@ -1,0 +1,123 @@
+/*
+ * codec.h: the context codec's internal interface: model fingerprints, the chunk codec (all
+ * planes of one chunk, in parallel over a pool), the quality levels, and the .kvz container.
+ * docs/FORMAT.md specifies the bytes, docs/codec.md the design. Internal header.
+ */
+#ifndef KVP_CODEC_H
+#define KVP_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/pool.h"
+#include "kvpack.h"
+#include "plane.h"
+
+/* ---- model fingerprint ---- */
+
+#define KVP_FINGERPRINT_BYTES 80
+
+/* What identifies a model for the codec: a context saved from one model is only ever loaded
+ * into a model with the same fingerprint. */
+typedef struct kvp_fingerprint {
+    char arch[16];
+    uint32_t n_layers, n_heads, n_kv_heads, head_dim, dim, hidden_dim, vocab_size, rope_style;
+    uint32_t rope_theta_bits, norm_eps_bits, weight_type;
+    uint64_t weight_bytes, weights_hash;
+} kvp_fingerprint;
+
+/* The fingerprint of a loaded model. The weight hash is computed (XXH64 over the mapped
+ * weight bytes) on the first call for a model and cached in it; later calls are free. */
+void kvp_fingerprint_of(const kvp_model *m, kvp_fingerprint *fp);
+void kvp_fingerprint_write(const kvp_fingerprint *fp, uint8_t out[KVP_FINGERPRINT_BYTES]);
+void kvp_fingerprint_read(const uint8_t in[KVP_FINGERPRINT_BYTES], kvp_fingerprint *fp);
+/* XXH64 of the serialized fingerprint: the model part of store keys and entries. */
+uint64_t kvp_fingerprint_digest(const kvp_fingerprint *fp);
+/* KVP_EMISMATCH naming the first field where a saved fingerprint differs from a model's. */
+int kvp_fingerprint_compare(const kvp_fingerprint *saved, const kvp_fingerprint *model);
+
+/* ---- levels ---- */
+
+#define KVP_LEVEL_COUNT 5 /* text, low, medium, high, lossless */
+
+/* The quantization step of a lossy plane: a fraction of the plane's root mean square that
+ * depends on the level, whether the plane holds keys or values, and the layer's depth. */
+float kvp_codec_step(int level, int layer, int n_layers, int is_value, double rms);
+const char *kvp_level_name(int level);
+
+/* ---- chunks ---- */
+
+#define KVP_CHUNK_HEADER 24
+#define KVP_CHUNK_MAX_VALUES (1u << 28) /* per chunk: n_layers * 2 * n_tokens * kv_dim */
+
+typedef struct kvp_chunk_shape {
+    int n_layers, n_kv_heads, head_dim;
+} kvp_chunk_shape;
+
+/* Encoding and decoding state: the pool planes are spread over, scratch per thread. */
+typedef struct kvp_codec kvp_codec;
+int kvp_codec_new(kvp_pool *pool, kvp_codec **out); /* pool may be NULL (one thread) */
+void kvp_codec_free(kvp_codec *cd);
+
+/* The largest encoded size of a chunk of n tokens at any level. */
+size_t kvp_chunk_bound(const kvp_chunk_shape *s, int n_tokens);
+/* Encodes the chunk of n tokens starting at position pos: kv holds (n_layers, 2, n, kv_dim)
+ * floats (unused for text). Deterministic: the bytes do not depend on the thread count. */
+int kvp_chunk_encode(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, int level, const float *kv,
+                     uint8_t *out, size_t cap, size_t *size);
+/* Decodes a chunk of exactly `size` bytes that must describe positions [pos, pos + n) of a
+ * model of shape s at `level` (-1: any); kv receives (n_layers, 2, n, kv_dim) floats.
+ * Hostile input gives KVP_EFORMAT with a message. */
+int kvp_chunk_decode(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, int level, const uint8_t *in,
+                     size_t size, float *kv);
+/* KVP_OK when the bytes are a well-formed text chunk for positions [pos, pos + n). */
+int kvp_chunk_check_text(const uint8_t *in, size_t size, const kvp_chunk_shape *s, int pos, int n);
+/* The level a chunk's bytes declare (KVP_EFORMAT when they are not a chunk). */
+int kvp_chunk_level(const uint8_t *in, size_t size, int *level);
+
+/* ---- the .kvz container ---- */
+
+#define KVP_KVZ_VERSION 1
+#define KVP_KVZ_FIXED 120      /* bytes of the header before the token ids */
+#define KVP_KVZ_ENTRY 24       /* bytes of one chunk-table entry */
+#define KVP_KVZ_MAX_TOKENS (1 << 24)
+#define KVP_KVZ_MAX_CHUNK_TOKENS 65536
+
+/* The header of a .kvz image, as written and parsed. */
+typedef struct kvp_kvz_header {
+    int n_tokens, n_chunks, chunk_tokens, token_bytes, kv_type;
+    uint64_t header_size, total_size;
+    kvp_fingerprint fp;
+} kvp_kvz_header;
+
+/* Bytes of the header for n tokens in n_chunks chunks with ids of token_bytes bytes. */
+uint64_t kvp_kvz_header_bytes(int n_tokens, int n_chunks, int token_bytes);
+/* Serializes the header, tokens and chunk table (whose CRCs and sizes are final) and the
+ * header CRC into out (header_size bytes). */
+void kvp_kvz_write_header(const kvp_kvz_header *h, const int *tokens, const kvp_kvz_chunk_info *chunks,
+                          uint8_t *out);
+/* The chunk shape of a fingerprint. */
+kvp_chunk_shape kvp_fingerprint_shape(const kvp_fingerprint *fp);
+
+/* ---- saving chunk by chunk (context.c; the stores use it too) ---- */
+
+typedef struct kvp_saver {
+    kvp_ctx *c;
+    const kvp_save_params *p;
+    kvp_kvz_header h;        /* header of the first n tokens (total_size filled when done) */
+    kvp_chunk_shape s;
+    kvp_codec *cd;
+    float *kv;               /* one chunk of KV read from the context */
+    uint8_t *chunk;          /* the last encoded chunk */
+    size_t chunk_cap;
+    kvp_kvz_chunk_info *table;
+} kvp_saver;
+
+/* Prepares to encode the first n tokens of context c (the parameters are checked; p must
+ * outlive the saver). kvp_saver_free releases it, also after a failed init. */
+int kvp_saver_init(kvp_saver *sv, kvp_ctx *c, int n, const kvp_save_params *p);
+/* Encodes chunk i (at the level p asks for, or the controller's) into sv->chunk. */
+int kvp_saver_encode(kvp_saver *sv, int i, size_t *size);
+void kvp_saver_free(kvp_saver *sv);
+
+#endif

@@ -1,0 +1,373 @@
+/*
+ * plane.c: the plane encoder and decoder (see plane.h and docs/FORMAT.md, "Planes").
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "common/common.h"
+#include "plane.h"
+
+/* ---- scratch ---- */
+
+static int kvp_grow(void **p, size_t bytes) {
+    void *np = realloc(*p, bytes ? bytes : 1);
+    if (!np) return kvp_seterr(KVP_ENOMEM, "out of memory for codec scratch (%zu bytes)", bytes);
+    *p = np;
+    return KVP_OK;
+}
+
+static int kvp_plane_work_channels(kvp_plane_work *w, size_t d) {
+    if (d <= w->n_channels) return KVP_OK;
+    KVP_TRY(kvp_grow((void **)&w->m, d * sizeof *w->m));
+    KVP_TRY(kvp_grow((void **)&w->pred, d * sizeof *w->pred));
+    KVP_TRY(kvp_grow((void **)&w->mask, d * sizeof *w->mask));
+    KVP_TRY(kvp_grow((void **)&w->cost, 2 * d * sizeof *w->cost));
+    KVP_TRY(kvp_grow((void **)&w->mode, d));
+    KVP_TRY(kvp_grow((void **)&w->cls, d));
+    w->n_channels = d;
+    return KVP_OK;
+}
+
+int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d) {
+    if (n < 1 || d < 1) return kvp_seterr(KVP_EINVAL, "plane of %d x %d values", n, d);
+    size_t N = (size_t)n * (size_t)d;
+    if (!w->tables) KVP_TRY(kvp_grow((void **)&w->tables, KVP_PLANE_MAX_CLASSES * KVP_RANS_TOTAL * 4));
+    KVP_TRY(kvp_plane_work_channels(w, (size_t)d));
+    if (N <= w->n_values) return KVP_OK;
+    KVP_TRY(kvp_grow((void **)&w->q, N * sizeof *w->q));
+    KVP_TRY(kvp_grow((void **)&w->u, N * sizeof *w->u));
+    w->rans_cap = 2 * N + 4 * KVP_RANS_LANES + 16;
+    KVP_TRY(kvp_grow((void **)&w->rans, w->rans_cap));
+    w->n_values = N;
+    return KVP_OK;
+}
+
+void kvp_plane_work_free(kvp_plane_work *w) {
+    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->cost, w->mode, w->cls, w->tables};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
+    memset(w, 0, sizeof *w);
+}
+
+size_t kvp_plane_bound(int n, int d) {
+    size_t N = (size_t)n * (size_t)d;
+    size_t side = (size_t)d * 80 / 8 + KVP_PLANE_MAX_CLASSES * (7 + 6 * KVP_SYM_COUNT) / 8 + 16;
+    return KVP_PLANE_HEADER + side + 4 * KVP_RANS_LANES + 2 * N + 6 * N + 16;
+}
+
+/* ---- value <-> integer ---- */
+
+/* Sign-magnitude 16-bit pattern <-> an integer that orders like the value. */
+static inline int32_t kvp_ord16(uint32_t h) { return (h & 0x8000) ? -1 - (int32_t)(h & 0x7fff) : (int32_t)h; }
+static inline uint16_t kvp_unord16(int64_t o) {
+    return o < 0 ? (uint16_t)(0x8000 | (uint16_t)(-1 - o)) : (uint16_t)o;
+}
+
+static inline uint32_t kvp_f32_bits(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+}
+
+static inline float kvp_bits_f32(uint32_t b) {
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+int kvp_plane_exact_kind(const float *x, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        if (kvp_f32_bits(kvp_f16_to_f32(kvp_f32_to_f16(x[i]))) != kvp_f32_bits(x[i])) return KVP_PLANE_EXACT32;
+    return KVP_PLANE_EXACT16;
+}
+
+static int kvp_plane_quantize_lossy(const float *x, size_t N, float step, int32_t *q) {
+    if (!(step > 0) || !isfinite(step)) return kvp_seterr(KVP_EINVAL, "quantization step %g is not a positive number", step);
+    float inv = 1.0f / step, lim = (float)KVP_PLANE_QMAX;
+    for (size_t i = 0; i < N; i++) {
+        if (!isfinite(x[i])) return kvp_seterr(KVP_EINVAL, "KV value %zu is not finite (%g): lossy levels need finite values", i, x[i]);
+        float v = x[i] * inv;
+        v = v > lim ? lim : v < -lim ? -lim : v;
+        q[i] = (int32_t)lrintf(v);
+    }
+    return KVP_OK;
+}
+
+static int kvp_plane_quantize(const float *x, size_t N, int kind, float step, int32_t *q) {
+    if (kind == KVP_PLANE_LOSSY) return kvp_plane_quantize_lossy(x, N, step, q);
+    for (size_t i = 0; i < N; i++) {
+        if (kind == KVP_PLANE_EXACT32) {
+            q[i] = kvp_ord16(kvp_f32_bits(x[i]) >> 16);
+            continue;
+        }
+        uint16_t h = kvp_f32_to_f16(x[i]);
+        if (kvp_f32_bits(kvp_f16_to_f32(h)) != kvp_f32_bits(x[i]))
+            return kvp_seterr(KVP_EINVAL, "KV value %zu (%g) is not exactly an F16", i, x[i]);
+        q[i] = kvp_ord16(h);
+    }
+    return KVP_OK;
+}
+
+/* ---- encoder: channel modes and classes ---- */
+
+/* m_c = the rounded mean of each channel; costs of direct and delta prediction. */
+static void kvp_plane_channel_costs(const int32_t *q, int n, int d, kvp_plane_work *w) {
+    for (int c = 0; c < d; c++) w->m[c] = 0;
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < d; c++) w->m[c] += q[(size_t)t * d + c];
+    for (int c = 0; c < d; c++) {
+        int64_t s = w->m[c], nn = n; /* round half away from zero, in integers */
+        w->m[c] = s >= 0 ? (2 * s + nn) / (2 * nn) : -((-2 * s + nn) / (2 * nn));
+        w->cost[2 * c] = 0;
+        w->cost[2 * c + 1] = (uint64_t)llabs(q[c] - w->m[c]);
+    }
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < d; c++) {
+            const int32_t *row = q + (size_t)t * d;
+            w->cost[2 * c] += (uint64_t)llabs(row[c] - w->m[c]);
+            if (t > 0) w->cost[2 * c + 1] += (uint64_t)llabs((int64_t)row[c] - row[c - d]);
+        }
+}
+
+static int kvp_plane_cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Picks each channel's mode (the cheaper one) and splits the channels, sorted by their
+ * residual size (ties by channel index), into n_classes classes of consecutive ranks.
+ * Needs d <= 65536. */
+static void kvp_plane_classes(int d, int n_classes, kvp_plane_work *w) {
+    uint64_t *key = w->cost; /* key[c] overwrites cost[c], which channel c / 2 already read */
+    for (int c = 0; c < d; c++) {
+        w->mode[c] = w->cost[2 * c + 1] < w->cost[2 * c];
+        uint64_t chosen = KVP_MIN(w->cost[2 * c + w->mode[c]], (1ull << 47) - 1);
+        key[c] = chosen << 16 | (uint64_t)c;
+    }
+    qsort(key, (size_t)d, sizeof *key, kvp_plane_cmp_u64);
+    for (int r = 0; r < d; r++) w->cls[key[r] & 0xffff] = (uint8_t)((int64_t)r * n_classes / d);
+}
+
+/* ---- encoder: residuals, side information, streams ---- */
+
+/* Zigzag residuals into w->u and per-class symbol counts. */
+static void kvp_plane_residuals(const int32_t *q, int n, int d, kvp_plane_work *w,
+                                uint32_t counts[][KVP_SYM_COUNT]) {
+    for (int t = 0; t < n; t++) {
+        const int32_t *row = q + (size_t)t * d;
+        uint32_t *u = w->u + (size_t)t * d;
+        for (int c = 0; c < d; c++) {
+            int64_t pred = (w->mode[c] && t > 0) ? row[c - d] : w->m[c];
+            uint32_t extra;
+            int nb;
+            u[c] = kvp_zigzag(row[c] - pred);
+            counts[w->cls[c]][kvp_sym_encode(u[c], &extra, &nb)]++;
+        }
+    }
+}
+
+/* Writes the channel table and the class histograms; builds the class models. */
+static int kvp_plane_side(kvp_bitw *bw, int d, int n_classes, kvp_plane_work *w,
+                          uint32_t counts[][KVP_SYM_COUNT]) {
+    int cls_bits = n_classes > 1 ? 32 - __builtin_clz((unsigned)n_classes - 1) : 0;
+    for (int c = 0; c < d; c++) {
+        kvp_bitw_put(bw, w->mode[c], 1);
+        kvp_bitw_put(bw, w->cls[c], cls_bits);
+        kvp_bitw_put_sexp(bw, w->m[c]);
+    }
+    for (int g = 0; g < n_classes; g++) {
+        uint8_t codes[KVP_SYM_COUNT];
+        int len = kvp_hist_codes(counts[g], codes);
+        if (len == 0) { /* a class without values (not produced by the encoder) */
+            codes[0] = 1;
+            len = 1;
+        }
+        kvp_hist_write(bw, codes, len);
+        KVP_TRY(kvp_hist_model(codes, len, &w->models[g]));
+    }
+    return KVP_OK;
+}
+
+/* rANS-encodes every symbol, last to first; returns the stream size (0 on overflow). */
+static size_t kvp_plane_rans(int n, int d, kvp_plane_work *w, uint8_t **start) {
+    kvp_rans_enc e;
+    kvp_rans_enc_init(&e, w->rans, w->rans_cap);
+    size_t N = (size_t)n * (size_t)d;
+    int c = (int)((N - 1) % (size_t)d);
+    for (size_t i = N; i-- > 0;) {
+        uint32_t extra;
+        int nb, s = kvp_sym_encode(w->u[i], &extra, &nb);
+        const kvp_rans_model *m = &w->models[w->cls[c]];
+        kvp_rans_enc_put(&e, (int)(i & (KVP_RANS_LANES - 1)), m->cum[s], m->freq[s]);
+        c = c == 0 ? d - 1 : c - 1;
+    }
+    return kvp_rans_enc_finish(&e, start);
+}
+
+/* The raw bits: each value's extra residual bits, then (exact32) its low 16 bits. */
+static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, const uint32_t *u) {
+    for (size_t i = 0; i < N; i++) {
+        uint32_t extra;
+        int nb;
+        kvp_sym_encode(u[i], &extra, &nb);
+        kvp_bitw_put(bw, extra, nb);
+        if (kind == KVP_PLANE_EXACT32) kvp_bitw_put(bw, kvp_f32_bits(x[i]) & 0xffff, 16);
+    }
+}
+
+static int kvp_plane_too_small(size_t cap) {
+    return kvp_seterr(KVP_ERANGE, "plane output buffer of %zu bytes is too small", cap);
+}
+
+int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_plane_work *w, uint8_t *out,
+                     size_t cap, size_t *size) {
+    if (kind < KVP_PLANE_LOSSY || kind > KVP_PLANE_EXACT32 || d > 65536)
+        return kvp_seterr(KVP_EINVAL, "plane kind %d with %d channels", kind, d);
+    if (cap < KVP_PLANE_HEADER) return kvp_plane_too_small(cap);
+    KVP_TRY(kvp_plane_work_reserve(w, n, d));
+    size_t N = (size_t)n * (size_t)d;
+    KVP_TRY(kvp_plane_quantize(x, N, kind, kind == KVP_PLANE_LOSSY ? step : 1.0f, w->q));
+    int n_classes = (int)KVP_MAX(1, KVP_MIN((size_t)KVP_PLANE_MAX_CLASSES, N / KVP_PLANE_CLASS_VALUES));
+    n_classes = KVP_MIN(n_classes, d);
+    kvp_plane_channel_costs(w->q, n, d, w);
+    kvp_plane_classes(d, n_classes, w);
+    uint32_t counts[KVP_PLANE_MAX_CLASSES][KVP_SYM_COUNT];
+    memset(counts, 0, sizeof counts);
+    kvp_plane_residuals(w->q, n, d, w, counts);
+    kvp_bitw bw;
+    kvp_bitw_init(&bw, out + KVP_PLANE_HEADER, cap - KVP_PLANE_HEADER);
+    KVP_TRY(kvp_plane_side(&bw, d, n_classes, w, counts));
+    size_t side = kvp_bitw_finish(&bw);
+    uint8_t *rs = NULL;
+    size_t rn = kvp_plane_rans(n, d, w, &rs);
+    if (bw.overflow || !rn) return kvp_plane_too_small(cap);
+    size_t at = KVP_PLANE_HEADER + side;
+    if (cap - at < rn) return kvp_plane_too_small(cap);
+    memcpy(out + at, rs, rn);
+    at += rn;
+    kvp_bitw_init(&bw, out + at, cap - at);
+    kvp_plane_raw(&bw, x, N, kind, w->u);
+    size_t raw = kvp_bitw_finish(&bw);
+    if (bw.overflow) return kvp_plane_too_small(cap);
+    out[0] = (uint8_t)kind;
+    out[1] = (uint8_t)n_classes;
+    kvp_wr16(out + 2, 0);
+    kvp_wr32(out + 4, kvp_f32_bits(kind == KVP_PLANE_LOSSY ? step : 1.0f));
+    kvp_wr32(out + 8, (uint32_t)side);
+    kvp_wr32(out + 12, (uint32_t)rn);
+    kvp_wr32(out + 16, (uint32_t)raw);
+    *size = at + raw;
+    return KVP_OK;
+}
+
+/* ---- decoder ---- */
+
+typedef struct {
+    int kind, n_classes;
+    float step;
+    size_t side, rans, raw;
+} kvp_plane_head;
+
+static int kvp_plane_read_head(const uint8_t *in, size_t size, int d, kvp_plane_head *h) {
+    if (size < KVP_PLANE_HEADER) return kvp_seterr(KVP_EFORMAT, "plane of %zu bytes is shorter than its header", size);
+    h->kind = in[0];
+    h->n_classes = in[1];
+    h->step = kvp_bits_f32(kvp_rd32(in + 4));
+    h->side = kvp_rd32(in + 8);
+    h->rans = kvp_rd32(in + 12);
+    h->raw = kvp_rd32(in + 16);
+    if (h->kind > KVP_PLANE_EXACT32) return kvp_seterr(KVP_EFORMAT, "unknown plane kind %d", h->kind);
+    if (h->n_classes < 1 || h->n_classes > KVP_MIN(KVP_PLANE_MAX_CLASSES, d))
+        return kvp_seterr(KVP_EFORMAT, "plane has %d channel classes (valid: 1..%d)", h->n_classes,
+                          KVP_MIN(KVP_PLANE_MAX_CLASSES, d));
+    if (kvp_rd16(in + 2) != 0) return kvp_seterr(KVP_EFORMAT, "plane's reserved field is not zero");
+    if (h->kind == KVP_PLANE_LOSSY ? !(h->step > 0) || !isfinite(h->step) : h->step != 1.0f)
+        return kvp_seterr(KVP_EFORMAT, "plane step %g is invalid for its kind %d", h->step, h->kind);
+    if ((uint64_t)h->side + h->rans + h->raw != size - KVP_PLANE_HEADER)
+        return kvp_seterr(KVP_EFORMAT, "plane sections (%zu + %zu + %zu bytes) do not fill its %zu bytes", h->side,
+                          h->rans, h->raw, size - KVP_PLANE_HEADER);
+    return KVP_OK;
+}
+
+/* A reader is done when every byte was read and the padding bits are zero. */
+static int kvp_bitr_done(const kvp_bitr *r, const char *what) {
+    if (r->overrun) return kvp_seterr(KVP_EFORMAT, "plane %s ends early", what);
+    if (r->p != r->end || r->n >= 8 || r->acc != 0)
+        return kvp_seterr(KVP_EFORMAT, "plane %s has trailing bytes or non-zero padding", what);
+    return KVP_OK;
+}
+
+static int kvp_plane_read_side(const uint8_t *p, const kvp_plane_head *h, int d, kvp_plane_work *w) {
+    kvp_bitr br;
+    kvp_bitr_init(&br, p, h->side);
+    int cls_bits = h->n_classes > 1 ? 32 - __builtin_clz((unsigned)h->n_classes - 1) : 0;
+    int64_t lim = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX : 32768;
+    for (int c = 0; c < d; c++) {
+        w->mask[c] = kvp_bitr_get(&br, 1) ? -1 : 0;
+        w->cls[c] = (uint8_t)kvp_bitr_get(&br, cls_bits);
+        w->m[c] = w->pred[c] = kvp_bitr_get_sexp(&br);
+        if (w->cls[c] >= h->n_classes || w->m[c] < -lim || w->m[c] >= lim || br.overrun)
+            return kvp_seterr(KVP_EFORMAT, "plane channel %d: class %d of %d or base %lld out of range%s", c,
+                              w->cls[c], h->n_classes, (long long)w->m[c], br.overrun ? " (truncated)" : "");
+    }
+    for (int g = 0; g < h->n_classes; g++) {
+        uint8_t codes[KVP_SYM_COUNT];
+        int len;
+        KVP_TRY(kvp_hist_read(&br, codes, &len));
+        KVP_TRY(kvp_hist_model(codes, len, &w->models[g]));
+        kvp_rans_table(&w->models[g], w->tables + (size_t)g * KVP_RANS_TOTAL);
+    }
+    return kvp_bitr_done(&br, "side information");
+}
+
+/* Decodes one value's integer: symbol, raw bits, prediction. Sets *bad when out of range. */
+static inline int64_t kvp_plane_value(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_work *w, int c, int lane,
+                                      int64_t *pred) {
+    int sym = kvp_rans_dec_get(rd, lane, w->tables + (size_t)w->cls[c] * KVP_RANS_TOTAL);
+    uint32_t u = (uint32_t)sym;
+    if (sym >= 32) {
+        int nb;
+        u = kvp_sym_base(sym, &nb);
+        u |= kvp_bitr_get(raw, nb);
+    }
+    int64_t q = *pred + kvp_unzigzag(u);
+    *pred ^= (*pred ^ q) & w->mask[c];
+    return q;
+}
+
+static int kvp_plane_values(const uint8_t *rs, const uint8_t *raws, const kvp_plane_head *h, int n, int d,
+                            float *x, kvp_plane_work *w) {
+    kvp_rans_dec rd;
+    KVP_TRY(kvp_rans_dec_init(&rd, rs, h->rans));
+    kvp_bitr raw;
+    kvp_bitr_init(&raw, raws, h->raw);
+    int64_t lo = h->kind == KVP_PLANE_LOSSY ? -KVP_PLANE_QMAX : -32768;
+    int64_t hi = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX : 32767;
+    uint64_t bad = 0;
+    size_t i = 0;
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < d; c++, i++) {
+            int64_t q = kvp_plane_value(&rd, &raw, w, c, (int)(i & (KVP_RANS_LANES - 1)), &w->pred[c]);
+            bad |= (uint64_t)(q - lo) > (uint64_t)(hi - lo);
+            if (h->kind == KVP_PLANE_LOSSY)
+                x[i] = (float)q * h->step;
+            else if (h->kind == KVP_PLANE_EXACT16)
+                x[i] = kvp_f16_to_f32(kvp_unord16(q));
+            else
+                x[i] = kvp_bits_f32((uint32_t)kvp_unord16(q) << 16 | kvp_bitr_get(&raw, 16));
+        }
+    if (bad) return kvp_seterr(KVP_EFORMAT, "plane decodes to values outside [%lld, %lld]", (long long)lo, (long long)hi);
+    KVP_TRY(kvp_rans_dec_finish(&rd));
+    return kvp_bitr_done(&raw, "raw bits");
+}
+
+int kvp_plane_decode(const uint8_t *in, size_t size, int n, int d, float *x, kvp_plane_work *w, int *kind) {
+    kvp_plane_head h = {0};
+    if (d > 65536) return kvp_seterr(KVP_EFORMAT, "plane of %d channels", d);
+    KVP_TRY(kvp_plane_read_head(in, size, d, &h));
+    KVP_TRY(kvp_plane_work_reserve(w, n, d));
+    const uint8_t *p = in + KVP_PLANE_HEADER;
+    KVP_TRY(kvp_plane_read_side(p, &h, d, w));
+    KVP_TRY(kvp_plane_values(p + h.side, p + h.side + h.rans, &h, n, d, x, w));
+    if (kind) *kind = h.kind;
+    return KVP_OK;
+}

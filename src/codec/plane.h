@@ -1,0 +1,72 @@
+/*
+ * plane.h: encoding one plane, the keys (or the values) of one layer for the tokens of one
+ * chunk: n rows (tokens) of d = n_kv_heads * head_dim channels. docs/FORMAT.md specifies
+ * the bytes; docs/codec.md explains the choices.
+ *
+ * Each value becomes an integer q:
+ *   - lossy:    q = round(x / step), |q| <= KVP_PLANE_QMAX; it decodes to q * step, so the
+ *               error is at most step / 2 (then the cache rounds to its own type).
+ *   - exact16:  q is the ordered form of the value's F16 bits (every value must be exactly an
+ *               F16), so the plane decodes bit-exact.
+ *   - exact32:  q is the ordered form of the top 16 bits of the F32 bits; the low 16 bits are
+ *               stored raw. Bit-exact for any finite or non-finite F32.
+ * Each channel c predicts q from a per-channel integer m_c (mode "direct") or from the same
+ * channel of the previous token (mode "delta", m_c for the first token); the residual's
+ * zigzag form is entropy coded with the histogram of the channel's class. Classes group
+ * channels of similar residual size (the encoder sorts channels by it), one histogram each.
+ * Internal header.
+ */
+#ifndef KVP_CODEC_PLANE_H
+#define KVP_CODEC_PLANE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rans.h"
+
+enum { KVP_PLANE_LOSSY = 0, KVP_PLANE_EXACT16 = 1, KVP_PLANE_EXACT32 = 2 };
+
+#define KVP_PLANE_HEADER 20
+#define KVP_PLANE_QMAX (1 << 22)
+#define KVP_PLANE_MAX_CLASSES 8
+#define KVP_PLANE_CLASS_VALUES 4096 /* the encoder makes one class per this many values, up to 8 */
+
+/* Scratch memory for encoding and decoding planes, grown on demand and reused. */
+typedef struct kvp_plane_work {
+    size_t n_values, n_channels;
+    int32_t *q;       /* (n_values) quantized values */
+    uint32_t *u;      /* (n_values) zigzag residuals */
+    uint8_t *rans;    /* (rans_cap) encoder output */
+    size_t rans_cap;
+    int64_t *m;       /* (n_channels) per-channel prediction base m_c */
+    int64_t *pred;    /* (n_channels) decoder: the running prediction */
+    int64_t *mask;    /* (n_channels) decoder: -1 for delta channels, 0 for direct */
+    uint64_t *cost;   /* (2 n_channels) encoder: residual sizes of the two modes, then sort keys */
+    uint8_t *mode, *cls;       /* (n_channels) */
+    uint32_t *tables;          /* (KVP_PLANE_MAX_CLASSES, KVP_RANS_TOTAL) decoding tables */
+    kvp_rans_model models[KVP_PLANE_MAX_CLASSES];
+} kvp_plane_work;
+
+/* Makes room for planes of n rows of d channels. */
+int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d);
+void kvp_plane_work_free(kvp_plane_work *w); /* frees the buffers; the struct may be reused */
+
+/* The largest encoded size of an (n, d) plane of any kind. */
+size_t kvp_plane_bound(int n, int d);
+
+/* KVP_PLANE_EXACT16 when every one of the count values is exactly an F16 (bit for bit after
+ * a round trip), else KVP_PLANE_EXACT32. */
+int kvp_plane_exact_kind(const float *x, size_t count);
+
+/* Encodes x (n rows of d floats) into out (cap bytes, at least kvp_plane_bound) and sets
+ * *size. A lossy plane needs a finite step > 0 and finite values (KVP_EINVAL otherwise); an
+ * exact16 plane needs values that are exactly F16. The bytes depend only on the inputs. */
+int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_plane_work *w, uint8_t *out,
+                     size_t cap, size_t *size);
+
+/* Decodes a plane of exactly `size` bytes into x (n rows of d floats). Every field is
+ * checked: a malformed plane gives KVP_EFORMAT with a message, never an out-of-bounds access.
+ * *kind (may be NULL) receives the plane's kind. */
+int kvp_plane_decode(const uint8_t *in, size_t size, int n, int d, float *x, kvp_plane_work *w, int *kind);
+
+#endif

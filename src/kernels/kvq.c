@@ -1,0 +1,191 @@
+/*
+ * kvq.c: packing of low-bit codes, the `_ref` kernels of attention on packed KV tiles
+ * (they define the results; see kvq.h), and the choice of the AVX2 / AVX-512 versions,
+ * which follows the instruction set of the other kernels (kvp_kernels_isa()).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "common/common.h"
+#include "kernels/kernels.h"
+#include "kernels/kernels_internal.h"
+#include "kernels/kvq.h"
+
+/* ---------------------------------------------------------------------------------------
+ * Packing.
+ * ------------------------------------------------------------------------------------- */
+
+static void kvp_kvq_pack_unit(const uint8_t *c, int bits, uint8_t *d) {
+    switch (bits) {
+    case 8: memcpy(d, c, 32); break;
+    case 4:
+        for (int k = 0; k < 16; k++) d[k] = (uint8_t)((c[k] & 15) | (c[k + 16] & 15) << 4);
+        break;
+    default: /* 2 and 3: the low two bits, then (3) the bit plane */
+        for (int k = 0; k < 8; k++)
+            d[k] = (uint8_t)((c[k] & 3) | (c[k + 8] & 3) << 2 | (c[k + 16] & 3) << 4 | (c[k + 24] & 3) << 6);
+        if (bits == 3) {
+            memset(d + 8, 0, 4);
+            for (int k = 0; k < 32; k++) d[8 + k / 8] |= (uint8_t)(((c[k] >> 2) & 1) << (k % 8));
+        }
+    }
+}
+
+static void kvp_kvq_unpack_unit(const uint8_t *d, int bits, uint8_t *c) {
+    switch (bits) {
+    case 8: memcpy(c, d, 32); break;
+    case 4:
+        for (int k = 0; k < 16; k++) {
+            c[k] = d[k] & 15;
+            c[k + 16] = d[k] >> 4;
+        }
+        break;
+    default:
+        for (int k = 0; k < 32; k++) c[k] = (d[k % 8] >> (2 * (k / 8))) & 3;
+        if (bits == 3)
+            for (int k = 0; k < 32; k++) c[k] |= (uint8_t)(((d[8 + k / 8] >> (k % 8)) & 1) << 2);
+    }
+}
+
+void kvp_kvq_pack(const uint8_t *codes, int n_units, int bits, uint8_t *dst) {
+    for (int u = 0; u < n_units; u++)
+        kvp_kvq_pack_unit(codes + (size_t)u * KVP_KVQ_UNIT, bits, dst + (size_t)u * kvp_kvq_unit_bytes(bits));
+}
+
+void kvp_kvq_unpack(const uint8_t *src, int n_units, int bits, uint8_t *codes) {
+    for (int u = 0; u < n_units; u++)
+        kvp_kvq_unpack_unit(src + (size_t)u * kvp_kvq_unit_bytes(bits), bits, codes + (size_t)u * KVP_KVQ_UNIT);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Reference kernels.
+ * ------------------------------------------------------------------------------------- */
+
+/* Code (row r, lane l, i) of a tile whose rows hold `lanes` lanes of 4 codes. */
+static int kvp_kvq_code(const uint8_t *row, int bits, int lane, int i) {
+    uint8_t unit[KVP_KVQ_UNIT];
+    int k = lane * 4 + i;
+    kvp_kvq_unpack_unit(row + (size_t)(k / KVP_KVQ_UNIT) * kvp_kvq_unit_bytes(bits), bits, unit);
+    return unit[k % KVP_KVQ_UNIT];
+}
+
+void kvp_kvq_scores_ref(const kvp_kvq_ktile *k, const kvp_kvq_rows *q, float *S, int lds, int accum) {
+    size_t row_bytes = (size_t)(k->n_tok / 8) * kvp_kvq_unit_bytes(k->bits);
+    for (int j = 0; j < q->nq; j++) {
+        const int8_t *qj = (const int8_t *)q->x + (size_t)j * q->ld;
+        for (int t = 0; t < k->n_tok; t++) {
+            int32_t dot = 0;
+            for (int r = 0; r < k->n_rows; r++)
+                for (int i = 0; i < 4; i++) dot += qj[4 * r + i] * kvp_kvq_code(k->codes + r * row_bytes, k->bits, t, i);
+            float f = (float)dot * (k->a ? k->a[t] : 1.0f);
+            float v = q->alpha[j] * f + q->beta[j] * (k->m ? k->m[t] : 1.0f);
+            S[(size_t)j * lds + t] = accum ? S[(size_t)j * lds + t] + v : v;
+        }
+    }
+}
+
+void kvp_kvq_values_ref(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy) {
+    for (int j = 0; j < w->nq; j++) {
+        const uint8_t *wj = (const uint8_t *)w->x + (size_t)j * w->ld;
+        for (int c = 0; c < n_ch; c++) {
+            int32_t dot = 0;
+            for (int r = 0; r < v->n_rows; r++)
+                for (int i = 0; i < 4; i++)
+                    dot += wj[4 * r + i] * (int8_t)kvp_kvq_code(v->codes + r * v->row_stride, v->bits, c, i);
+            Y[(size_t)j * ldy + c] += w->alpha[j] * (float)dot + w->beta[j];
+        }
+    }
+}
+
+float kvp_kvq_query_ref(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias) {
+    float amax = 0;
+    double b = 0;
+    for (int c = 0; c < n; c++) {
+        float u = q[c] * (s ? s[c] : 1.0f);
+        amax = fabsf(u) > amax ? fabsf(u) : amax;
+        b += (double)q[c] * (m ? m[c] : 1.0f);
+    }
+    float inv = amax > 0 ? 127.0f / amax : 0.0f;
+    for (int c = 0; c < n; c++) iq[c] = (int8_t)nearbyintf(q[c] * (s ? s[c] : 1.0f) * inv);
+    for (int c = n; c % 4; c++) iq[c] = 0;
+    *bias = (float)b;
+    return amax / 127.0f;
+}
+
+float kvp_kvq_weights_ref(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias) {
+    float umax = 0;
+    double b = 0;
+    for (int t = 0; t < n; t++) {
+        float u = p[t] * s[t];
+        umax = u > umax ? u : umax;
+        b += (double)p[t] * m[t];
+    }
+    float inv = umax > 0 ? 255.0f / umax : 0.0f;
+    for (int t = 0; t < n; t++) w[t] = (uint8_t)nearbyintf(p[t] * s[t] * inv);
+    *bias = (float)b;
+    return umax / 255.0f;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Dispatch.
+ * ------------------------------------------------------------------------------------- */
+
+void kvp_kvq_fill_scalar(kvp_kvq_table *t) {
+    t->isa = "scalar";
+    t->scores = kvp_kvq_scores_ref;
+    t->values = kvp_kvq_values_ref;
+    t->query = kvp_kvq_query_ref;
+    t->weights = kvp_kvq_weights_ref;
+}
+
+static kvp_kvq_table kvp_kvq_tables[3]; /* scalar, avx2, avx512 */
+static pthread_once_t kvp_kvq_once = PTHREAD_ONCE_INIT;
+
+static void kvp_kvq_init(void) {
+    for (int l = 0; l < 3; l++) {
+        kvp_kvq_fill_scalar(&kvp_kvq_tables[l]);
+        if (l >= 1) kvp_kvq_fill_avx2(&kvp_kvq_tables[l]);
+        if (l >= 2) kvp_kvq_fill_avx512(&kvp_kvq_tables[l]);
+    }
+}
+
+/* The level of an instruction-set name: 0 scalar, 1 avx2, 2 avx512, -1 unknown. */
+static int kvp_kvq_level(const char *isa) {
+    static const char *const names[3] = {"scalar", "avx2", "avx512"};
+    for (int l = 0; l < 3; l++)
+        if (isa && !strcmp(isa, names[l])) return l;
+    return -1;
+}
+
+/* The table of the active kernels (kvp_kernels_isa: "scalar", "avx2" or "avx512"). */
+static const kvp_kvq_table *kvp_kvq_active(void) {
+    pthread_once(&kvp_kvq_once, kvp_kvq_init);
+    const char *isa = kvp_kernels_isa();
+    return &kvp_kvq_tables[isa[0] == 's' ? 0 : isa[3] == '5' ? 2 : 1];
+}
+
+int kvp_kvq_table_build(const char *isa, kvp_kvq_table *t) {
+    pthread_once(&kvp_kvq_once, kvp_kvq_init);
+    int l = kvp_kvq_level(isa);
+    if (l < 0) return kvp_seterr(KVP_EINVAL, "unknown instruction set '%s'", isa ? isa : "(null)");
+    if (!kvp_kernels_cpu_has(isa)) return kvp_seterr(KVP_EUNSUPPORTED, "this CPU cannot run the %s kernels", isa);
+    *t = kvp_kvq_tables[l];
+    return KVP_OK;
+}
+
+void kvp_kvq_scores(const kvp_kvq_ktile *k, const kvp_kvq_rows *q, float *S, int lds, int accum) {
+    if (k->n_tok > 0 && q->nq > 0) kvp_kvq_active()->scores(k, q, S, lds, accum);
+}
+
+void kvp_kvq_values(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy) {
+    if (n_ch > 0 && w->nq > 0) kvp_kvq_active()->values(v, w, n_ch, Y, ldy);
+}
+
+float kvp_kvq_query(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias) {
+    return kvp_kvq_active()->query(q, s, m, n, iq, bias);
+}
+
+float kvp_kvq_weights(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias) {
+    return kvp_kvq_active()->weights(p, s, m, n, w, bias);
+}

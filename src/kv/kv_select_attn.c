@@ -1,0 +1,122 @@
+/*
+ * kv_select_attn.c: attention over a list of runs of cached rows (kvp_sel_attend), and the
+ * 8-bit row kernels of the cold tier with their scalar references.
+ *
+ * A run is F32, F16 or 8-bit rows of one KV head, each with its original position. The runs
+ * are taken in order as one sequence: scores of every run into one row of S per query row,
+ * the causal mask by position, one softmax per row, then the values of every run. The
+ * eviction cache passes one run (its whole stream); the retrieval cache passes the sinks,
+ * the chosen blocks (hot or cold) and the recent tokens.
+ */
+#include <math.h>
+#include <stdatomic.h>
+
+#include "common/common.h"
+#include "kernels/kernels.h"
+#include "kv/select.h"
+
+/* ---- 8-bit rows ---- */
+
+void kvp_sel_quant_q8(const float *x, int hd, int8_t *q, float *scale) {
+    float amax = 0;
+    for (int c = 0; c < hd; c++) amax = fmaxf(amax, fabsf(x[c]));
+    *scale = amax / 127.0f;
+    float inv = amax > 0 ? 127.0f / amax : 0;
+    for (int c = 0; c < hd; c++) q[c] = (int8_t)lrintf(fminf(127.0f, fmaxf(-127.0f, x[c] * inv)));
+}
+
+void kvp_sel_scores_q8_ref(const int8_t *K, const float *ks, int n, int hd, const float *Q, int nq, int ldq,
+                           float scale, float *S, int lds) {
+    for (int j = 0; j < nq; j++)
+        for (int t = 0; t < n; t++) {
+            float acc = 0;
+            for (int c = 0; c < hd; c++) acc += (float)K[(size_t)t * hd + c] * Q[(size_t)j * ldq + c];
+            S[(size_t)j * lds + t] = scale * ks[t] * acc;
+        }
+}
+
+void kvp_sel_values_q8_ref(float *Y, int ldy, int ny, const float *P, int ldp, const int8_t *V,
+                           const float *vs, int n, int hd) {
+    for (int j = 0; j < ny; j++)
+        for (int t = 0; t < n; t++) {
+            float w = P[(size_t)j * ldp + t] * vs[t];
+            for (int c = 0; c < hd; c++) Y[(size_t)j * ldy + c] += w * (float)V[(size_t)t * hd + c];
+        }
+}
+
+/* 1 when the AVX2 twins may run: the kernels' chosen instruction set is not scalar. */
+static int kvp_sel_use_avx2(void) {
+    static atomic_int state; /* 0 unknown, 1 no, 2 yes */
+    int s = atomic_load_explicit(&state, memory_order_relaxed);
+    if (!s) {
+        s = strcmp(kvp_isa(), "scalar") ? 2 : 1;
+        atomic_store_explicit(&state, s, memory_order_relaxed);
+    }
+    return s == 2;
+}
+
+void kvp_sel_scores_q8(const int8_t *K, const float *ks, int n, int hd, const float *Q, int nq, int ldq,
+                       float scale, float *S, int lds) {
+    if (kvp_sel_use_avx2()) kvp_sel_scores_q8_avx2(K, ks, n, hd, Q, nq, ldq, scale, S, lds);
+    else kvp_sel_scores_q8_ref(K, ks, n, hd, Q, nq, ldq, scale, S, lds);
+}
+
+void kvp_sel_values_q8(float *Y, int ldy, int ny, const float *P, int ldp, const int8_t *V, const float *vs,
+                       int n, int hd) {
+    if (kvp_sel_use_avx2()) kvp_sel_values_q8_avx2(Y, ldy, ny, P, ldp, V, vs, n, hd);
+    else kvp_sel_values_q8_ref(Y, ldy, ny, P, ldp, V, vs, n, hd);
+}
+
+/* ---- attention over runs ---- */
+
+/* S[j*lds + t] for the run's n rows and nq query rows (stride hd). */
+static void kvp_run_scores(const kvp_rows *r, int hd, const float *Q, int nq, float scale, float *S, int lds) {
+    if (r->fmt == KVP_ROWS_F32) kvp_attn_scores_f32(r->k, r->n, hd, Q, nq, hd, scale, S, lds);
+    else if (r->fmt == KVP_ROWS_F16) kvp_attn_scores_f16(r->k, r->n, hd, Q, nq, hd, scale, S, lds);
+    else kvp_sel_scores_q8(r->k, r->ks, r->n, hd, Q, nq, hd, scale, S, lds);
+}
+
+static void kvp_run_values(const kvp_rows *r, int hd, const float *P, int nq, int lds, float *Y) {
+    if (r->fmt == KVP_ROWS_F32) kvp_attn_values_f32(Y, hd, nq, P, lds, r->v, r->n, hd);
+    else if (r->fmt == KVP_ROWS_F16) kvp_attn_values_f16(Y, hd, nq, P, lds, r->v, r->n, hd);
+    else kvp_sel_values_q8(Y, hd, nq, P, lds, r->v, r->vs, r->n, hd);
+}
+
+/* Rows of the run whose position is <= qp (positions ascend, so they are a prefix). */
+static int kvp_run_visible(const kvp_rows *r, int qp) {
+    if (!r->pos) return KVP_MAX(0, KVP_MIN(r->n, qp - r->pos0 + 1));
+    int lo = 0, hi = r->n; /* first row with pos > qp */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (r->pos[mid] <= qp) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Sets the scores of rows a query row may not see to -inf. */
+static void kvp_run_mask(const kvp_rows *r, const kvp_attn_io *io, float *S) {
+    for (int j = 0; j < io->nq; j++) {
+        int vis = kvp_run_visible(r, io->qpos[j / io->group]);
+        float *row = S + (size_t)j * io->lds;
+        for (int t = vis; t < r->n; t++) row[t] = -INFINITY;
+    }
+}
+
+int kvp_sel_attend(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *io) {
+    int total = 0;
+    for (int i = 0; i < n_runs; i++) {
+        if (runs[i].n <= 0) continue;
+        kvp_run_scores(&runs[i], hd, io->q, io->nq, io->scale, io->s + total, io->lds);
+        kvp_run_mask(&runs[i], io, io->s + total);
+        total += runs[i].n;
+    }
+    for (int j = 0; j < io->nq; j++) kvp_softmax(io->s + (size_t)j * io->lds, total);
+    memset(io->y, 0, sizeof(float) * (size_t)io->nq * (size_t)hd);
+    for (int i = 0, off = 0; i < n_runs; i++) {
+        if (runs[i].n <= 0) continue;
+        kvp_run_values(&runs[i], hd, io->s + off, io->nq, io->lds, io->y);
+        off += runs[i].n;
+    }
+    return total;
+}

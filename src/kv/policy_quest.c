@@ -1,0 +1,96 @@
+/*
+ * policy_quest.c: Quest (Tang et al., 2024): query-aware selection of pages, and the block
+ * picking that Quest and SentenceKV share.
+ *
+ * Every page of `page` tokens (default 16) keeps, per KV head, the element-wise minimum and
+ * maximum of its keys, stored as the box centre c = (max + min) / 2 and radius
+ * r = (max - min) / 2. For a query q the largest q.k over the page is at most
+ *     sum_i max(q_i min_i, q_i max_i) = q.c + |q|.r,
+ * two dot products per page that the attention score kernel computes for all pages at once.
+ * Pages are ranked by that bound (the maximum over the query heads of the group) and
+ * attended in rank order while they fit the budget.
+ */
+#include <math.h>
+
+#include "common/common.h"
+#include "kernels/kernels.h"
+#include "kv/select.h"
+
+void kvp_quest_bounds(const float *q, int hd, const float *center, const float *radius, int nb, float *absq,
+                      float *ub) {
+    for (int c = 0; c < hd; c++) absq[c] = fabsf(q[c]);
+    kvp_attn_scores_f32(center, nb, hd, q, 1, hd, 1.0f, ub, nb);
+    for (int b = 0; b < nb; b++) {
+        float rb = kvp_dot_f32(radius + (size_t)b * hd, absq, hd);
+        ub[b] += rb;
+    }
+}
+
+/* 1 when block a ranks before block b: higher score, then the earlier block. */
+static inline int kvp_blk_better(const float *score, int a, int b) {
+    if (score[a] != score[b]) return score[a] > score[b];
+    return a < b;
+}
+
+/* Reorders idx[0..n) so that its first k entries are the k best blocks. */
+static void kvp_blk_select(const float *score, int *idx, int n, int k) {
+    if (k <= 0 || k >= n) return;
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2, t = idx[mid];
+        idx[mid] = idx[hi];
+        idx[hi] = t;
+        int piv = idx[hi], store = lo;
+        for (int i = lo; i < hi; i++)
+            if (kvp_blk_better(score, idx[i], piv)) {
+                t = idx[i];
+                idx[i] = idx[store];
+                idx[store++] = t;
+            }
+        idx[hi] = idx[store];
+        idx[store] = piv;
+        if (store == k || store == k - 1) return;
+        if (store < k) lo = store + 1;
+        else hi = store - 1;
+    }
+}
+
+/* Takes the best remaining block that fits, one at a time; idx[0..n) are the remaining. */
+static int kvp_blk_fill(const float *score, const int *len, int *idx, int n, int *left, uint8_t *mark) {
+    int taken = 0;
+    for (;;) {
+        int best = -1;
+        for (int i = 0; i < n; i++)
+            if (!mark[idx[i]] && len[idx[i]] <= *left && (best < 0 || kvp_blk_better(score, idx[i], best)))
+                best = idx[i];
+        if (best < 0 || len[best] <= 0) return taken;
+        mark[best] = 1;
+        *left -= len[best];
+        taken++;
+    }
+}
+
+int kvp_pick_blocks(const float *score, const int *len, int nb, int budget, int *order, int *sel) {
+    int maxlen = 1, left = budget, n = 0, total = 0;
+    if (nb <= 0) return 0;
+    for (int b = 0; b < nb; b++) {
+        maxlen = KVP_MAX(maxlen, len[b]);
+        if (len[b] > 0) order[n++] = b;
+    }
+    uint8_t *mark = (uint8_t *)sel; /* sel doubles as the taken-marks until the end */
+    memset(mark, 0, (size_t)nb);
+    for (int k = left / maxlen; k > 0 && n > 0; k = left / maxlen) { /* the k best surely fit */
+        kvp_blk_select(score, order, n, k);
+        for (int i = 0; i < KVP_MIN(k, n); i++) {
+            mark[order[i]] = 1;
+            left -= len[order[i]];
+        }
+        memmove(order, order + KVP_MIN(k, n), sizeof(int) * (size_t)(n - KVP_MIN(k, n)));
+        n -= KVP_MIN(k, n);
+    }
+    kvp_blk_fill(score, len, order, n, &left, mark);
+    for (int b = 0; b < nb; b++) order[b] = mark[b];
+    for (int b = 0; b < nb; b++)
+        if (order[b]) sel[total++] = b;
+    return total;
+}

@@ -1,0 +1,319 @@
+/*
+ * test_select.c: the selection layer's pure parts against hand-computed examples: budgets
+ * and specs, the 8-bit row kernels against their references over odd sizes, attention over
+ * mixed runs against a double-precision reference, and each policy's choice on small,
+ * known scores (StreamingLLM, H2O's top-k, SnapKV's pooling, PyramidKV's schedule,
+ * PrefixKV's threshold, KVCrush's representatives, Quest's bound, block picking).
+ */
+#include "common/common.h"
+#include "kv/select.h"
+#include "kvpack.h"
+#include "test.h"
+
+/* ---- budgets and specs ---- */
+
+TEST(select_budget_parse) {
+    kvp_budget b;
+    CHECK_OK(kvp_budget_parse("512", &b));
+    CHECK(b.tokens == 512 && kvp_budget_at(&b, 10) == 512);
+    CHECK_OK(kvp_budget_parse("25%", &b));
+    CHECK(b.tokens == 0 && kvp_budget_at(&b, 4096) == 1024 && kvp_budget_at(&b, 5) == 2 && kvp_budget_at(&b, 1) == 1);
+    CHECK_OK(kvp_budget_parse("12.5%", &b));
+    CHECK(kvp_budget_at(&b, 100) == 13);
+    const char *bad[] = {"", "0", "-3", "150%", "0%", "abc", "12x", "1.5"};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(bad); i++) CHECKF(kvp_budget_parse(bad[i], &b) == KVP_EINVAL, "%s", bad[i]);
+}
+
+TEST(select_spec_parse) {
+    kvp_sel_args a;
+    int v;
+    CHECK_OK(kvp_sel_args_parse("snapkv:window=16,kernel=7", &a));
+    CHECK(!strcmp(a.name, "snapkv") && a.n == 2);
+    CHECK_OK(kvp_sel_arg_int(&a, "window", 32, 1, 100, &v));
+    CHECK(v == 16);
+    CHECK(kvp_sel_args_check(&a) == KVP_EINVAL); /* kernel was not read */
+    CHECK(strstr(kvp_errmsg(), "kernel") != NULL);
+    CHECK_OK(kvp_sel_arg_int(&a, "kernel", 5, 1, 63, &v));
+    CHECK(v == 7 && kvp_sel_args_check(&a) == KVP_OK);
+    CHECK(kvp_sel_arg_int(&a, "window", 32, 1, 8, &v) == KVP_EINVAL); /* out of range */
+    CHECK(kvp_sel_args_parse("h2o:recent", &a) == KVP_EINVAL);
+    CHECK(kvp_sel_args_parse(":x=1", &a) == KVP_EINVAL);
+    CHECK_OK(kvp_sel_args_parse("quest", &a));
+    CHECK(a.n == 0 && !strcmp(a.name, "quest"));
+}
+
+TEST(select_sentence_end_text) {
+    CHECK(kvp_sentence_end_text(".") && kvp_sentence_end_text("end.") && kvp_sentence_end_text("?"));
+    CHECK(kvp_sentence_end_text("!\"") && kvp_sentence_end_text("done.) ") && kvp_sentence_end_text("\n"));
+    CHECK(!kvp_sentence_end_text("Mr") && !kvp_sentence_end_text("k57") && !kvp_sentence_end_text(""));
+    CHECK(!kvp_sentence_end_text(",") && !kvp_sentence_end_text(" the"));
+    uint8_t ends[10] = {0};
+    ends[9] = 1;
+    CHECK(!kvp_block_closes(1, 3, ends, 10, 4) && kvp_block_closes(2, 9, ends, 10, 4));
+    CHECK(kvp_block_closes(4, 3, ends, 10, 4) && !kvp_block_closes(3, 9, NULL, 10, 4));
+    CHECK(!kvp_block_closes(1, 42, ends, 10, 4)); /* ids outside the table end nothing */
+}
+
+/* ---- 8-bit rows ---- */
+
+static void kvt_fill(float *x, size_t n, unsigned long long *s) {
+    for (size_t i = 0; i < n; i++) x[i] = kvt_randf(s);
+}
+
+TEST(select_q8_kernels_match_ref) {
+    unsigned long long seed = 7;
+    const int hds[] = {1, 7, 8, 33, 64, 130}, ns[] = {1, 3, 17}, nqs[] = {1, 3, 5};
+    for (size_t a = 0; a < KVP_ARRAY_LEN(hds); a++)
+        for (size_t b = 0; b < KVP_ARRAY_LEN(ns); b++)
+            for (size_t c = 0; c < KVP_ARRAY_LEN(nqs); c++) {
+                int hd = hds[a], n = ns[b], nq = nqs[c], lds = n + 3, ldq = hd + 1;
+                int8_t K[17 * 130];
+                float ks[17], Q[5 * 131], S1[5 * 20], S2[5 * 20], P[5 * 20], Y1[5 * 130], Y2[5 * 130], x[130];
+                for (int t = 0; t < n; t++) {
+                    kvt_fill(x, (size_t)hd, &seed);
+                    kvp_sel_quant_q8(x, hd, K + (size_t)t * hd, &ks[t]);
+                }
+                kvt_fill(Q, (size_t)nq * ldq, &seed);
+                kvt_fill(P, (size_t)nq * lds, &seed);
+                kvt_fill(Y1, (size_t)nq * hd, &seed);
+                memcpy(Y2, Y1, sizeof(float) * (size_t)nq * hd);
+                kvp_sel_scores_q8(K, ks, n, hd, Q, nq, ldq, 0.5f, S1, lds);
+                kvp_sel_scores_q8_ref(K, ks, n, hd, Q, nq, ldq, 0.5f, S2, lds);
+                kvp_sel_values_q8(Y1, hd, nq, P, lds, K, ks, n, hd);
+                kvp_sel_values_q8_ref(Y2, hd, nq, P, lds, K, ks, n, hd);
+                for (int j = 0; j < nq; j++)
+                    for (int t = 0; t < n; t++) CHECK_NEAR(S1[j * lds + t], S2[j * lds + t], 1e-4 * (1 + hd / 8));
+                for (int i = 0; i < nq * hd; i++) CHECK_NEAR(Y1[i], Y2[i], 1e-4 * (1 + n));
+            }
+}
+
+TEST(select_q8_quant_round_trip) {
+    float x[9] = {0.5f, -1.0f, 0.25f, 0.0f, 1.0f / 127, -0.75f, 0.125f, 1e-3f, -0.5f}, s;
+    int8_t q[9];
+    kvp_sel_quant_q8(x, 9, q, &s);
+    CHECK_NEAR(s, 1.0 / 127, 1e-9);
+    CHECK(q[1] == -127 && q[0] == 64 && q[3] == 0 && q[4] == 1 && q[5] == -95);
+    for (int i = 0; i < 9; i++) CHECK_NEAR(s * q[i], x[i], 0.5 * s + 1e-7);
+    float z[4] = {0};
+    kvp_sel_quant_q8(z, 4, q, &s);
+    CHECK(s == 0 && q[0] == 0 && q[3] == 0);
+}
+
+/* ---- attention over runs ---- */
+
+/* Double-precision attention of query q (at position qp) over rows (k, v, pos). */
+static void kvt_ref_attend(const float *k, const float *v, const int *pos, int n, const float *q, int qp, int hd,
+                           double *y) {
+    double w[64], m = -1e300, sum = 0;
+    for (int t = 0; t < n; t++) {
+        double s = 0;
+        for (int c = 0; c < hd; c++) s += (double)q[c] * k[t * hd + c];
+        w[t] = pos[t] <= qp ? s / sqrt((double)hd) : -1e300;
+        m = fmax(m, w[t]);
+    }
+    for (int t = 0; t < n; t++) sum += w[t] = pos[t] <= qp ? exp(w[t] - m) : 0;
+    for (int c = 0; c < hd; c++) y[c] = 0;
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < hd; c++) y[c] += w[t] / sum * v[t * hd + c];
+}
+
+TEST(select_attend_mixed_runs) {
+    enum { HD = 12, N = 30 };
+    unsigned long long seed = 99;
+    float k[N * HD], v[N * HD], q[2 * HD], kf[N * HD], vf[N * HD], ks[N], vs[N], s[2 * 64], y[2 * HD];
+    uint16_t k16[N * HD], v16[N * HD];
+    int8_t k8[N * HD], v8[N * HD];
+    int pos[N];
+    kvt_fill(k, N * HD, &seed);
+    kvt_fill(v, N * HD, &seed);
+    kvt_fill(q, 2 * HD, &seed);
+    for (int t = 0; t < N; t++) pos[t] = 3 * t + (t > 20); /* gaps, as after eviction */
+    /* rows 0..9 F32, 10..19 F16, 20..29 Q8; the reference reads what each run represents */
+    for (int t = 0; t < N; t++) {
+        kvp_sel_quant_q8(k + t * HD, HD, k8 + t * HD, &ks[t]);
+        kvp_sel_quant_q8(v + t * HD, HD, v8 + t * HD, &vs[t]);
+        for (int c = 0; c < HD; c++) {
+            k16[t * HD + c] = kvp_f32_to_f16(k[t * HD + c]);
+            v16[t * HD + c] = kvp_f32_to_f16(v[t * HD + c]);
+            kf[t * HD + c] = t < 10 ? k[t * HD + c] : t < 20 ? kvp_f16_to_f32(k16[t * HD + c]) : ks[t] * k8[t * HD + c];
+            vf[t * HD + c] = t < 10 ? v[t * HD + c] : t < 20 ? kvp_f16_to_f32(v16[t * HD + c]) : vs[t] * v8[t * HD + c];
+        }
+    }
+    kvp_rows runs[3] = {
+        {KVP_ROWS_F32, 10, k, v, NULL, NULL, pos, 0},
+        {KVP_ROWS_F16, 10, k16 + 10 * HD, v16 + 10 * HD, NULL, NULL, pos + 10, 0},
+        {KVP_ROWS_Q8, 10, k8 + 20 * HD, v8 + 20 * HD, ks + 20, vs + 20, pos + 20, 0},
+    };
+    int qpos[2] = {50, 200}; /* the first query sees positions <= 50 only */
+    kvp_attn_io io = {q, 2, qpos, 1, 1.0f / sqrtf((float)HD), s, 64, y};
+    CHECK(kvp_sel_attend(runs, 3, HD, &io) == N);
+    for (int r = 0; r < 2; r++) {
+        double ref[HD];
+        kvt_ref_attend(kf, vf, pos, N, q + r * HD, qpos[r], HD, ref);
+        for (int c = 0; c < HD; c++) CHECK_NEAR(y[r * HD + c], ref[c], 2e-5);
+    }
+    for (int t = 0; t < N; t++) CHECK((pos[t] <= 50) == (s[t] > 0)); /* masked weights are exactly 0 */
+}
+
+/* ---- eviction policies on hand-made scores ---- */
+
+static int kvt_keep_eq(const uint8_t *keep, const char *want) {
+    for (size_t i = 0; i < strlen(want); i++)
+        if (keep[i] != (want[i] == '1')) return 0;
+    return 1;
+}
+
+TEST(select_topk_sinks_recent) {
+    const float score[8] = {0.1f, 0.9f, 0.3f, 0.8f, 0.2f, 0.5f, 0.4f, 0.7f};
+    const int pos[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    uint8_t keep[8];
+    kvp_pick_topk(score, pos, 8, 5, 1, 2, keep); /* sink 0, recent 6 7, best of 1..5: 1 (0.9), 3 (0.8) */
+    CHECK(kvt_keep_eq(keep, "11010011"));
+    kvp_pick_topk(score, pos, 8, 8, 1, 2, keep); /* within budget: everything */
+    CHECK(kvt_keep_eq(keep, "11111111"));
+    const float tie[5] = {1, 1, 1, 1, 1};
+    kvp_pick_topk(tie, pos, 5, 2, 0, 0, keep); /* ties go to the later position */
+    CHECK(kvt_keep_eq(keep, "00011"));
+}
+
+TEST(select_streaming_hand) {
+    const int pos[9] = {0, 1, 2, 3, 7, 8, 9, 10, 11};
+    uint8_t k0[9], *keep[1] = {k0};
+    kvp_sel_cfg cfg = {0};
+    kvp_sel_args a;
+    CHECK_OK(kvp_sel_args_parse("streaming", &a));
+    CHECK_OK(kvp_policy_streaming.init(&cfg, &a));
+    CHECK(cfg.sinks == 4 && cfg.score == KVP_SCORE_NONE);
+    int n = 9;
+    const int *pp[1] = {pos};
+    kvp_sel_view v = {1, 1, &cfg, &n, pp, NULL};
+    kvp_policy_streaming.pick(&v, 0, 6, keep); /* sinks 0..3, then the 2 latest */
+    CHECK(kvt_keep_eq(k0, "111100011"));
+}
+
+TEST(select_snapkv_pooling_hand) {
+    const float score[10] = {0, 0, 5, 0, 0, 0, 0, 1, 0, 0};
+    const int pos[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    uint8_t keep[10];
+    /* window 2 (slots 8, 9); max pooling of width 3 over slots 0..7 gives 0 5 5 5 0 0 1 1;
+     * the two best: slots 1, 2, 3 tie at 5 and the later ones win: 3, 2 */
+    kvp_snapkv_pick_stream(score, pos, 10, 4, 0, 2, 3, keep);
+    CHECK(kvt_keep_eq(keep, "0011000011"));
+    kvp_snapkv_pick_stream(score, pos, 10, 4, 0, 2, 1, keep); /* no pooling: 2 (5) and 7 (1) */
+    CHECK(kvt_keep_eq(keep, "0010000111"));
+    float y[6];
+    const float x[6] = {1, 3, 2, 0, 0, 4};
+    kvp_maxpool1d(x, 6, 3, y);
+    CHECK(y[0] == 3 && y[1] == 3 && y[2] == 3 && y[3] == 2 && y[4] == 4 && y[5] == 4);
+}
+
+TEST(select_pyramid_schedule_hand) {
+    int b[5];
+    /* above the window: 100 per layer on average; the last layer 100/20 = 5, the first
+     * 2 * 100 - 5 = 195; floor(195 - 47.5 l) = 195 147 100 52 5 (499), +1 to layer 0 */
+    kvp_pyramid_budgets(5, 120, 20, 20, b);
+    CHECK(b[0] == 216 && b[1] == 167 && b[2] == 120 && b[3] == 72 && b[4] == 25);
+    kvp_pyramid_budgets(3, 10, 32, 20, b); /* budget below the window: uniform */
+    CHECK(b[0] == 10 && b[1] == 10 && b[2] == 10);
+}
+
+TEST(select_prefixkv_threshold_hand) {
+    /* 2 layers, 1 KV head, 5 slots each, window 1, no sinks, budget 3 per layer (6 in all).
+     * Layer 0's candidate importance 0.9 0.05 0.05 0 (cumulative 0.9 0.95 1 1), layer 1's is
+     * flat (0.25 0.5 0.75 1). The largest threshold whose prefixes fit 6 - 2 = 4 candidates
+     * is 0.75: layer 0 needs 1, layer 1 needs 3; budgets 1 + 1 and 1 + 3. */
+    const float s0[5] = {0.9f, 0.05f, 0.05f, 0, 7}, s1[5] = {0.25f, 0.25f, 0.25f, 0.25f, 7};
+    const int pos[5] = {0, 1, 2, 3, 4};
+    const float *sc[2] = {s0, s1};
+    const int *pp[2] = {pos, pos};
+    int n[2] = {5, 5}, per[2];
+    kvp_sel_cfg cfg = {0};
+    kvp_sel_args a;
+    CHECK_OK(kvp_sel_args_parse("prefixkv:window=1,sink=0,kernel=1", &a));
+    CHECK_OK(kvp_policy_prefix.init(&cfg, &a));
+    kvp_sel_view v = {2, 1, &cfg, n, pp, sc};
+    kvp_policy_prefix.budgets(&v, 3, per);
+    CHECK(per[0] == 2 && per[1] == 4);
+    uint8_t k0[5], *keep[1] = {k0};
+    kvp_policy_prefix.pick(&v, 1, per[1], keep); /* the window and the 3 latest of the tie */
+    CHECK(kvt_keep_eq(k0, "01111"));
+    kvp_policy_prefix.pick(&v, 0, per[0], keep);
+    CHECK(kvt_keep_eq(k0, "10001"));
+}
+
+TEST(select_kvcrush_hand) {
+    /* 1 layer, 2 KV heads, 8 slots, budget 4, share 50%: 2 by the base (h2o, no recent), 2
+     * representatives. Base score = h0/36 + h1/36: slots 7 (1.11) and 0 (0.22) win. Head 0's
+     * top half: 0 2 4 6; head 1's: 7 and, of the zero ties, the later 6 5 4. Signatures of
+     * the candidates 1..6: 0 1 0 3 2 3; their majority anchor is 0; by (distance, position):
+     * 1 3 2 5 4 6; evenly spaced picks at floor(6/4) = 1 and floor(18/4) = 4: slots 3 and 4. */
+    const float h0[8] = {8, 1, 7, 2, 6, 3, 5, 4}, h1[8] = {0, 0, 0, 0, 0, 0, 0, 36};
+    const int pos[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    const float *sc[2] = {h0, h1};
+    const int *pp[2] = {pos, pos};
+    int n[2] = {8, 8};
+    kvp_sel_cfg cfg = {0};
+    kvp_sel_args a;
+    CHECK_OK(kvp_sel_args_parse("kvcrush:base=h2o,share=50,recent=0", &a));
+    CHECK_OK(kvp_policy_kvcrush.init(&cfg, &a));
+    CHECK_OK(kvp_sel_args_check(&a));
+    kvp_sel_view v = {1, 2, &cfg, n, pp, sc};
+    uint8_t k0[8], k1[8], *keep[2] = {k0, k1};
+    uint32_t sig[8];
+    kvp_kvcrush_signatures(sc, pos, 2, 8, sig);
+    CHECK(sig[0] == 1 && sig[1] == 0 && sig[2] == 1 && sig[3] == 0 && sig[4] == 3 && sig[5] == 2 && sig[6] == 3 &&
+          sig[7] == 2);
+    kvp_policy_kvcrush.pick(&v, 0, 4, keep);
+    CHECK(kvt_keep_eq(k0, "10011001") && !memcmp(k0, k1, 8)); /* token-level: every head keeps the same */
+}
+
+/* ---- Quest and block picking ---- */
+
+TEST(select_quest_bound_hand) {
+    /* page A: keys (1,1), (3,-1): centre (2,0), radius (1,1); q = (1,-2): bound 2 + 3 = 5 =
+     * the true maximum 3 + 2. Page B: keys (0,2), (-1,-3): centre (-.5,-.5), radius
+     * (.5,2.5): bound 0.5 + 5.5 = 6 >= its true maximum 5. */
+    const float q[2] = {1, -2}, center[4] = {2, 0, -0.5f, -0.5f}, radius[4] = {1, 1, 0.5f, 2.5f};
+    float absq[2], ub[2];
+    kvp_quest_bounds(q, 2, center, radius, 2, absq, ub);
+    CHECK_NEAR(ub[0], 5, 1e-6);
+    CHECK_NEAR(ub[1], 6, 1e-6);
+}
+
+TEST(select_quest_bound_is_upper) {
+    enum { HD = 19, T = 16, NB = 7 };
+    unsigned long long seed = 5;
+    float k[NB][T][HD], c[NB * HD], r[NB * HD], q[HD], absq[HD], ub[NB];
+    kvt_fill(&k[0][0][0], sizeof k / sizeof(float), &seed);
+    for (int b = 0; b < NB; b++)
+        for (int i = 0; i < HD; i++) {
+            float lo = k[b][0][i], hi = lo;
+            for (int t = 1; t < T; t++) lo = fminf(lo, k[b][t][i]), hi = fmaxf(hi, k[b][t][i]);
+            c[b * HD + i] = 0.5f * (hi + lo);
+            r[b * HD + i] = 0.5f * (hi - lo);
+        }
+    for (int trial = 0; trial < 20; trial++) {
+        kvt_fill(q, HD, &seed);
+        kvp_quest_bounds(q, HD, c, r, NB, absq, ub);
+        for (int b = 0; b < NB; b++)
+            for (int t = 0; t < T; t++) {
+                double d = 0;
+                for (int i = 0; i < HD; i++) d += (double)q[i] * k[b][t][i];
+                CHECK(ub[b] >= d - 1e-5);
+            }
+    }
+}
+
+TEST(select_pick_blocks_hand) {
+    const float score[5] = {3, 9, 1, 7, 5};
+    const int len[5] = {16, 16, 16, 16, 10};
+    int order[5], sel[5];
+    CHECK(kvp_pick_blocks(score, len, 5, 40, order, sel) == 2); /* 9, 7; then 10 > 8 left */
+    CHECK(sel[0] == 1 && sel[1] == 3);
+    CHECK(kvp_pick_blocks(score, len, 5, 42, order, sel) == 3); /* 10 left: block 4 fits */
+    CHECK(sel[0] == 1 && sel[1] == 3 && sel[2] == 4);
+    CHECK(kvp_pick_blocks(score, len, 5, 9, order, sel) == 0);
+    const float tie[4] = {1, 1, 1, 1};
+    const int l4[4] = {2, 2, 2, 2};
+    CHECK(kvp_pick_blocks(tie, l4, 4, 4, order, sel) == 2 && sel[0] == 0 && sel[1] == 1); /* ties: earlier */
+}
