@@ -87,6 +87,23 @@ TEST(select_q8_kernels_match_ref) {
             }
 }
 
+TEST(select_q8_dequant_matches_ref) {
+    unsigned long long seed = 21;
+    const int hds[] = {1, 7, 8, 9, 64, 67};
+    for (size_t a = 0; a < KVP_ARRAY_LEN(hds); a++) {
+        int hd = hds[a], n = 5;
+        int8_t q[5 * 67];
+        float sc[5], x1[5 * 67], x2[5 * 67], x3[5 * 67];
+        for (int i = 0; i < n * hd; i++) q[i] = (int8_t)(kvt_rand_u64(&seed) % 255 - 127);
+        for (int t = 0; t < n; t++) sc[t] = kvt_randf(&seed);
+        kvp_sel_dequant_q8(q, sc, n, hd, x1);
+        kvp_sel_dequant_q8_ref(q, sc, n, hd, x2);
+        memcpy(x3, x2, sizeof(float) * (size_t)(n * hd));
+        if (__builtin_cpu_supports("avx2")) kvp_sel_dequant_q8_avx2(q, sc, n, hd, x3); /* the twin itself */
+        CHECK(!memcmp(x1, x2, sizeof(float) * (size_t)(n * hd)) && !memcmp(x3, x2, sizeof(float) * (size_t)(n * hd)));
+    }
+}
+
 TEST(select_q8_quant_round_trip) {
     float x[9] = {0.5f, -1.0f, 0.25f, 0.0f, 1.0f / 127, -0.75f, 0.125f, 1e-3f, -0.5f}, s;
     int8_t q[9];
@@ -273,17 +290,19 @@ TEST(select_quest_bound_hand) {
     /* page A: keys (1,1), (3,-1): centre (2,0), radius (1,1); q = (1,-2): bound 2 + 3 = 5 =
      * the true maximum 3 + 2. Page B: keys (0,2), (-1,-3): centre (-.5,-.5), radius
      * (.5,2.5): bound 0.5 + 5.5 = 6 >= its true maximum 5. */
-    const float q[2] = {1, -2}, center[4] = {2, 0, -0.5f, -0.5f}, radius[4] = {1, 1, 0.5f, 2.5f};
-    float absq[2], ub[2];
-    kvp_quest_bounds(q, 2, center, radius, 2, absq, ub);
+    const float q[4] = {1, -2, -1, 0}, center[4] = {2, 0, -0.5f, -0.5f}, radius[4] = {1, 1, 0.5f, 2.5f};
+    float absq[4], tmp[4], ub[4];
+    kvp_quest_bounds(q, 2, 2, center, radius, 2, absq, tmp, ub);
     CHECK_NEAR(ub[0], 5, 1e-6);
     CHECK_NEAR(ub[1], 6, 1e-6);
+    CHECK_NEAR(ub[2], -2 + 1, 1e-6); /* q = (-1, 0): -2 + 1 = -1 = max(-1, -3) */
+    CHECK_NEAR(ub[3], 0.5 + 0.5, 1e-6); /* 0.5 + 0.5 = 1 = max(0, 1) */
 }
 
 TEST(select_quest_bound_is_upper) {
     enum { HD = 19, T = 16, NB = 7 };
     unsigned long long seed = 5;
-    float k[NB][T][HD], c[NB * HD], r[NB * HD], q[HD], absq[HD], ub[NB];
+    float k[NB][T][HD], c[NB * HD], r[NB * HD], q[HD], absq[HD], tmp[NB], ub[NB];
     kvt_fill(&k[0][0][0], sizeof k / sizeof(float), &seed);
     for (int b = 0; b < NB; b++)
         for (int i = 0; i < HD; i++) {
@@ -294,7 +313,7 @@ TEST(select_quest_bound_is_upper) {
         }
     for (int trial = 0; trial < 20; trial++) {
         kvt_fill(q, HD, &seed);
-        kvp_quest_bounds(q, HD, c, r, NB, absq, ub);
+        kvp_quest_bounds(q, 1, HD, c, r, NB, absq, tmp, ub);
         for (int b = 0; b < NB; b++)
             for (int t = 0; t < T; t++) {
                 double d = 0;

@@ -12,20 +12,19 @@
 
 /* ---- levels ---- */
 
-/* Step as a fraction of the plane's RMS, per lossy level (low, medium, high), for keys and
- * for values; deeper layers get up to (1 + depth) times coarser steps. docs/codec.md
- * records the measurements these come from. */
-static const float kvp_level_alpha[3][2] = {{0.80f, 0.80f}, {0.40f, 0.40f}, {0.16f, 0.16f}};
-static const float kvp_level_depth = 0.0f;
+/* Per lossy level (low, medium, high): tau, the standard deviation of the attention-logit
+ * error that key quantization may cause, and alpha, the value step as a fraction of the
+ * values' RMS. docs/codec.md records the measurements these come from. */
+static const double kvp_level_tau[3] = {0.40, 0.20, 0.08};
+static const double kvp_level_alpha[3] = {0.80, 0.40, 0.16};
 
-float kvp_codec_step(int level, int layer, int n_layers, int is_value, double rms) {
-    const float *a = kvp_level_alpha[level - KVP_LEVEL_LOW];
-    double depth = n_layers > 1 ? (double)layer / (n_layers - 1) : 0;
-    double ak = a[0], av = a[1], dp = kvp_level_depth; /* EXPERIMENT-ONLY overrides, removed later */
-    if (getenv("KVP_EXP_AK")) ak *= atof(getenv("KVP_EXP_AK"));
-    if (getenv("KVP_EXP_AV")) av *= atof(getenv("KVP_EXP_AV"));
-    if (getenv("KVP_EXP_DEPTH")) dp = atof(getenv("KVP_EXP_DEPTH"));
-    double step = (is_value ? av : ak) * (1.0 + dp * depth) * rms;
+float kvp_codec_step(int level, int is_value, double rms, double qk) {
+    double tau = kvp_level_tau[level - KVP_LEVEL_LOW], alpha = kvp_level_alpha[level - KVP_LEVEL_LOW];
+    if (getenv("KVP_EXP_TAU")) tau *= atof(getenv("KVP_EXP_TAU")); /* EXPERIMENT-ONLY */
+    if (getenv("KVP_EXP_AV")) alpha *= atof(getenv("KVP_EXP_AV"));
+    /* keys: the logit error of a query q is about |q| step / sqrt(12 head_dim) per head dim, so
+     * step = tau sqrt(12) / rms(q), with rms(q) estimated as rms(K) * qk */
+    double step = is_value ? alpha * rms : tau * 3.4641016151377544 / (rms * qk);
     return step > 1e-30 && step < 1e30 ? (float)step : 1.0f;
 }
 
@@ -153,6 +152,7 @@ typedef struct {
     const kvp_chunk_shape *s;
     int n, level;
     const float *kv;
+    const float *qk;
     size_t plane_cap;
 } kvp_chunk_job;
 
@@ -172,7 +172,7 @@ static void kvp_chunk_encode_task(void *arg, int p, int thread) {
     if (j->level == KVP_LEVEL_LOSSLESS)
         kind = kvp_plane_exact_kind(x, N);
     else
-        step = kvp_codec_step(j->level, p / 2, j->s->n_layers, p % 2, kvp_plane_rms(x, N));
+        step = kvp_codec_step(j->level, p % 2, kvp_plane_rms(x, N), j->qk ? j->qk[p / 2] : 1.0);
     int rc = kvp_plane_encode(x, j->n, d, kind, step, &j->cd->work[thread], j->cd->scratch + (size_t)p * j->plane_cap,
                               j->plane_cap, &j->cd->sizes[p]);
     kvp_codec_result(j->cd, p, rc);
@@ -203,7 +203,7 @@ static int kvp_chunk_assemble(const kvp_codec *cd, int n_planes, size_t plane_ca
 }
 
 int kvp_chunk_encode(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, int level, const float *kv,
-                     uint8_t *out, size_t cap, size_t *size) {
+                     const float *qk, uint8_t *out, size_t cap, size_t *size) {
     if (level < KVP_LEVEL_TEXT || level > KVP_LEVEL_LOSSLESS)
         return kvp_seterr(KVP_EINVAL, "quality level %d does not exist (0 text .. 4 lossless)", level);
     if (n < 1 || cap < KVP_CHUNK_HEADER)
@@ -215,7 +215,7 @@ int kvp_chunk_encode(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, in
     size_t plane_cap = kvp_plane_bound(n, (int)kvp_chunk_kvd(s));
     KVP_TRY(kvp_codec_planes(cd, n_planes));
     KVP_TRY(kvp_codec_scratch(cd, plane_cap * (size_t)n_planes));
-    kvp_chunk_job j = {cd, s, n, level, kv, plane_cap};
+    kvp_chunk_job j = {cd, s, n, level, kv, qk, plane_cap};
     kvp_pool_run(cd->pool, kvp_chunk_encode_task, &j, n_planes);
     KVP_TRY(kvp_codec_first_error(cd, n_planes));
     return kvp_chunk_assemble(cd, n_planes, plane_cap, out, cap, size);

@@ -40,9 +40,13 @@ int kvp_fingerprint_compare(const kvp_fingerprint *saved, const kvp_fingerprint 
 
 #define KVP_LEVEL_COUNT 5 /* text, low, medium, high, lossless */
 
-/* The quantization step of a lossy plane: a fraction of the plane's root mean square that
- * depends on the level, whether the plane holds keys or values, and the layer's depth. */
-float kvp_codec_step(int level, int layer, int n_layers, int is_value, double rms);
+/* The quantization step of a lossy plane with root mean square rms. Values: a fraction of
+ * rms that depends on the level. Keys: the step that keeps the attention-logit error at the
+ * level's target, given rms(q) ~ rms * qk (qk from kvp_codec_qk; 1 when unknown). */
+float kvp_codec_step(int level, int is_value, double rms, double qk);
+/* Per layer, the ratio rms(q) / rms(k) the model's weights imply for a normalized input
+ * (|W_q g|_F / |W_k g|_F per output row, g the attention norm gain, over a sample of rows). */
+void kvp_codec_qk(const kvp_model *m, float *qk);
 const char *kvp_level_name(int level);
 
 /* ---- chunks ---- */
@@ -62,9 +66,10 @@ void kvp_codec_free(kvp_codec *cd);
 /* The largest encoded size of a chunk of n tokens at any level. */
 size_t kvp_chunk_bound(const kvp_chunk_shape *s, int n_tokens);
 /* Encodes the chunk of n tokens starting at position pos: kv holds (n_layers, 2, n, kv_dim)
- * floats (unused for text). Deterministic: the bytes do not depend on the thread count. */
+ * floats (unused for text); qk (n_layers, or NULL for all 1) scales the key steps.
+ * Deterministic: the bytes do not depend on the thread count. */
 int kvp_chunk_encode(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, int level, const float *kv,
-                     uint8_t *out, size_t cap, size_t *size);
+                     const float *qk, uint8_t *out, size_t cap, size_t *size);
 /* Decodes a chunk of exactly `size` bytes that must describe positions [pos, pos + n) of a
  * model of shape s at `level` (-1: any); kv receives (n_layers, 2, n, kv_dim) floats.
  * Hostile input gives KVP_EFORMAT with a message. */
@@ -111,6 +116,7 @@ typedef struct kvp_saver {
     uint8_t *chunk;          /* the last encoded chunk */
     size_t chunk_cap;
     kvp_kvz_chunk_info *table;
+    float *qk;               /* (n_layers) from kvp_codec_qk */
 } kvp_saver;
 
 /* Prepares to encode the first n tokens of context c (the parameters are checked; p must

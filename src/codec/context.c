@@ -100,23 +100,6 @@ static double kvp_load_seconds(const kvp_save_params *p, size_t bytes, size_t va
     return t;
 }
 
-/* Encodes a chunk at the level the controller picks: the highest lossy level that loads
- * within the chunk's share of the target; text when recomputing is faster than loading even
- * the lowest level; else the lowest level. */
-static int kvp_save_auto(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, int n_total, const float *kv,
-                         const kvp_save_params *p, uint8_t *out, size_t cap, size_t *size) {
-    size_t values = (size_t)s->n_layers * 2 * (size_t)n * (size_t)s->n_kv_heads * (size_t)s->head_dim;
-    double budget = p->slo * (double)n / (double)n_total;
-    for (int level = KVP_LEVEL_HIGH; level >= KVP_LEVEL_LOW; level--) {
-        KVP_TRY(kvp_chunk_encode(cd, s, pos, n, level, kv, out, cap, size));
-        double t = kvp_load_seconds(p, *size, values);
-        if (level == KVP_LEVEL_LOW && p->prefill_rate > 0 && (double)n / p->prefill_rate < t)
-            return kvp_chunk_encode(cd, s, pos, n, KVP_LEVEL_TEXT, kv, out, cap, size);
-        if (t <= budget) return KVP_OK;
-    }
-    return KVP_OK; /* the lowest level, already in out */
-}
-
 /* ---- saving ---- */
 
 int kvp_saver_init(kvp_saver *sv, kvp_ctx *c, int n, const kvp_save_params *p) {
@@ -131,7 +114,9 @@ int kvp_saver_init(kvp_saver *sv, kvp_ctx *c, int n, const kvp_save_params *p) {
     sv->kv = malloc(sizeof(float) * (size_t)sv->s.n_layers * 2 * ct * (size_t)sv->s.n_kv_heads * sv->s.head_dim);
     sv->chunk = malloc(sv->chunk_cap);
     sv->table = calloc((size_t)sv->h.n_chunks, sizeof *sv->table);
-    if (!sv->kv || !sv->chunk || !sv->table) return kvp_seterr(KVP_ENOMEM, "out of memory saving a context");
+    sv->qk = malloc(sizeof(float) * (size_t)sv->s.n_layers);
+    if (!sv->kv || !sv->chunk || !sv->table || !sv->qk) return kvp_seterr(KVP_ENOMEM, "out of memory saving a context");
+    kvp_codec_qk(kvp_ctx_model(c), sv->qk);
     return kvp_codec_new(kvp_ctx_pool(c), &sv->cd);
 }
 
@@ -140,6 +125,24 @@ void kvp_saver_free(kvp_saver *sv) {
     free(sv->kv);
     free(sv->chunk);
     free(sv->table);
+    free(sv->qk);
+}
+
+/* Encodes a chunk at the level the controller picks: the highest lossy level that loads
+ * within the chunk's share of the target; text when recomputing is faster than loading even
+ * the lowest level; else the lowest level. */
+static int kvp_save_auto(kvp_saver *sv, int pos, int n, size_t *size) {
+    const kvp_save_params *p = sv->p;
+    size_t values = (size_t)sv->s.n_layers * 2 * (size_t)n * (size_t)sv->s.n_kv_heads * (size_t)sv->s.head_dim;
+    double budget = p->slo * (double)n / (double)sv->h.n_tokens;
+    for (int level = KVP_LEVEL_HIGH; level >= KVP_LEVEL_LOW; level--) {
+        KVP_TRY(kvp_chunk_encode(sv->cd, &sv->s, pos, n, level, sv->kv, sv->qk, sv->chunk, sv->chunk_cap, size));
+        double t = kvp_load_seconds(p, *size, values);
+        if (level == KVP_LEVEL_LOW && p->prefill_rate > 0 && (double)n / p->prefill_rate < t)
+            return kvp_chunk_encode(sv->cd, &sv->s, pos, n, KVP_LEVEL_TEXT, NULL, NULL, sv->chunk, sv->chunk_cap, size);
+        if (t <= budget) return KVP_OK;
+    }
+    return KVP_OK; /* the lowest level, already in sv->chunk */
 }
 
 int kvp_saver_encode(kvp_saver *sv, int i, size_t *size) {
@@ -147,8 +150,8 @@ int kvp_saver_encode(kvp_saver *sv, int i, size_t *size) {
     int level = sv->p->level;
     if (level != KVP_LEVEL_TEXT) KVP_TRY(kvp_ctx_kv_read(sv->c, pos, n, sv->kv));
     if (level == KVP_LEVEL_AUTO)
-        return kvp_save_auto(sv->cd, &sv->s, pos, n, sv->h.n_tokens, sv->kv, sv->p, sv->chunk, sv->chunk_cap, size);
-    return kvp_chunk_encode(sv->cd, &sv->s, pos, n, level, sv->kv, sv->chunk, sv->chunk_cap, size);
+        return kvp_save_auto(sv, pos, n, size);
+    return kvp_chunk_encode(sv->cd, &sv->s, pos, n, level, sv->kv, sv->qk, sv->chunk, sv->chunk_cap, size);
 }
 
 static int kvp_saver_run(kvp_saver *sv, const int *tokens, kvp_sink *k, size_t *total) {

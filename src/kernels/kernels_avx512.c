@@ -297,15 +297,15 @@ static void kvp_qpanel_build(kvp_qstep *panel, const char *xp, size_t xrow, int 
     }
 }
 
-/* Two f16 scales d0 (lanes 0-7) and d1 (lanes 8-15) as floats. */
+/* Two f16 scales d0 (lanes 0-7) and d1 (lanes 8-15) as floats: two word broadcasts (the
+ * second merged into the upper half) and one conversion. */
 KVP_AI __m512 kvp_scale2(uint16_t d0, uint16_t d1) {
-    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)d0 | ((uint32_t)d1 << 16))));
-    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
+    const __m256i h = _mm256_mask_set1_epi16(_mm256_set1_epi16((short)d0), 0xff00, (short)d1);
+    return _mm512_cvtph_ps(h);
 }
 
-/* Loads blocks b and b+1 (only b when !two) of a weight row at p as unsigned bytes
- * (weight + offset) and their scales. */
+/* Loads blocks b and b+1 (only b when !two; the other half is then zero) of a weight row at
+ * p as unsigned bytes (weight + offset) and their scales. */
 KVP_AI void kvp_qload(const int qt, const char *p, int b, int two, __m512i *q, __m512 *d) {
     if (qt == KVP_Q_Q8_0) {
         const kvp_block_q8_0 *wb = (const kvp_block_q8_0 *)p + b;
@@ -316,14 +316,15 @@ KVP_AI void kvp_qload(const int qt, const char *p, int b, int two, __m512i *q, _
                               _mm512_set1_epi8((char)0x80));
         *d = kvp_scale2(wb[0].d, two ? wb[1].d : 0);
     } else {
+        /* 128-bit lanes [qs(b), qs(b), qs(b+1), qs(b+1)] by two broadcast loads, then
+         * shifted by [0, 4, 0, 4] and masked: [lo(b), hi(b), lo(b+1), hi(b+1)], which is
+         * value order (low nibbles hold values 0-15, high nibbles 16-31). */
         const kvp_block_q4_0 *wb = (const kvp_block_q4_0 *)p + b;
-        const __m128i q0 = _mm_loadu_si128((const __m128i *)wb[0].qs);
-        const __m128i q1 = two ? _mm_loadu_si128((const __m128i *)wb[1].qs) : _mm_setzero_si128();
-        const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
-        /* 128-bit lanes [lo(b), lo(b+1), hi(b), hi(b+1)] -> [lo(b), hi(b), lo(b+1), hi(b+1)] */
-        __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
-        z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
-        *q = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+        __m512i z = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)wb[0].qs));
+        z = two ? _mm512_mask_broadcast_i32x4(z, 0xff00, _mm_loadu_si128((const __m128i *)wb[1].qs))
+                : _mm512_maskz_mov_epi32(0x00ff, z);
+        z = _mm512_srlv_epi64(z, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+        *q = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
         *d = kvp_scale2(wb[0].d, two ? wb[1].d : 0);
     }
 }
@@ -364,45 +365,32 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
     }
 }
 
-/* Decode of one quantized row of nb blocks against one token (panel and dxf, the token's
- * block scales as floats, built for the same blocks); returns 16 partial sums.
- * Groups of 16 blocks take their 16 weight scales with one gather (the dword at each block
- * start holds its f16 scale in the low half), convert and multiply them by the 16 token
- * scales at once, and give each 2-block step its pair of scales with one permutation. */
-KVP_AI __m512 kvp_qgemv_row(const int qt, const char *wr, const kvp_qstep *panel,
-                            const float *dxf, int nb) {
+/* Decode of one quantized row of nb blocks against one token (its panel, built for the
+ * same blocks); returns 16 partial sums. Two accumulators; the row is read in order with
+ * software prefetch KVP_PF_DIST bytes ahead, so consecutive rows form one linear stream. */
+KVP_AI __m512 kvp_qgemv_row(const int qt, const char *wr, const kvp_qstep *st, int nb) {
     const int bs = qt == KVP_Q_Q8_0 ? (int)sizeof(kvp_block_q8_0) : (int)sizeof(kvp_block_q4_0);
-    const __m512i gidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32(bs));
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
     int b = 0;
-    for (; b + 16 <= nb; b += 16) {
+    for (; b + 4 <= nb; b += 4, st += 2) {
         const char *p = wr + (size_t)b * bs;
-#pragma GCC unroll 16
-        for (int o = 0; o < 16 * bs; o += 64) _mm_prefetch(p + KVP_PF_DIST + o, _MM_HINT_T0);
-        const __m512i g = _mm512_i32gather_epi32(gidx, p, 1);
-        const __m512 s16 = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)), _mm512_loadu_ps(dxf + b));
-        const kvp_qstep *st = panel + b / 2;
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            __m512i q;
-            __m512 dummy;
-            kvp_qload(qt, p, 2 * j, 1, &q, &dummy);
-            const __m512i d = _mm512_dpbusd_epi32(st[j].c, q, st[j].q);
-            const __m512 sc = _mm512_permutexvar_ps(_mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
-                                                                     2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
-                                                                     2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j),
-                                                    s16);
-            if (j & 1) acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, acc1);
-            else acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, acc0);
-        }
+#pragma GCC unroll 4
+        for (int o = 0; o < 4 * bs; o += 64) _mm_prefetch(p + KVP_PF_DIST + o, _MM_HINT_T0);
+        __m512i q0, q1;
+        __m512 d0, d1;
+        kvp_qload(qt, wr, b, 1, &q0, &d0);
+        kvp_qload(qt, wr, b + 2, 1, &q1, &d1);
+        const __m512i p0 = _mm512_dpbusd_epi32(st[0].c, q0, st[0].q);
+        const __m512i p1 = _mm512_dpbusd_epi32(st[1].c, q1, st[1].q);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(d0, st[0].d), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(d1, st[1].d), acc1);
     }
-    for (const kvp_qstep *st = panel + b / 2; b < nb; b += 2, st++) { /* fewer than 16 left */
+    for (; b < nb; b += 2, st++) {
         __m512i q;
-        __m512 dw;
-        kvp_qload(qt, wr, b, b + 1 < nb, &q, &dw);
-        const __m512i d = _mm512_dpbusd_epi32(st->c, q, st->q);
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, st->d), acc0);
+        __m512 d;
+        kvp_qload(qt, wr, b, b + 1 < nb, &q, &d);
+        const __m512i p = _mm512_dpbusd_epi32(st->c, q, st->q);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, st->d), acc0);
     }
     return _mm512_add_ps(acc0, acc1);
 }
@@ -426,24 +414,20 @@ KVP_AI void kvp_qgemm(const int qt, const void *wv, int cols, const void *xpv, i
     const int shift = qt == KVP_Q_Q8_0 ? 7 : 3; /* offsets 128 and 8 */
     kvp_qstep panel[KVP_QG_PANEL_STEPS];
     if (n == 1) { /* decode: stream the rows once, in order, 4 rows per reduction */
-        float dxf[2 * KVP_QG_PANEL_STEPS];
-        const kvp_block_q8_0 *xb = (const kvp_block_q8_0 *)xp;
-        const int kb = kvp_even_chunk(nb, 2 * KVP_QG_PANEL_STEPS, 16);
+        const int kb = kvp_even_chunk(nb, 2 * KVP_QG_PANEL_STEPS, 2);
         for (int b0 = 0; b0 < nb; b0 += kb) {
             const int b1 = KVP_MIN(nb, b0 + kb), accum = b0 > 0;
             kvp_qpanel_build(panel, xp, xrow, 1, b0, b1, shift);
-            for (int b = b0; b < b1; b++) dxf[b - b0] = kvp_f16_to_f32(xb[b].d);
             const size_t off = (size_t)b0 * (wrow / (size_t)nb);
             int r = r0;
             for (; r + 4 <= r1; r += 4) {
                 __m512 res[4];
 #pragma GCC unroll 4
-                for (int i = 0; i < 4; i++)
-                    res[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, panel, dxf, b1 - b0);
+                for (int i = 0; i < 4; i++) res[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, panel, b1 - b0);
                 kvp_store_sums(4, res, y + r, accum, 1.0f);
             }
             for (; r < r1; r++) {
-                __m512 res = kvp_qgemv_row(qt, w + r * wrow + off, panel, dxf, b1 - b0);
+                __m512 res = kvp_qgemv_row(qt, w + r * wrow + off, panel, b1 - b0);
                 kvp_store_sums(1, &res, y + r, accum, 1.0f);
             }
         }

@@ -98,33 +98,56 @@ void kvp_kvq_values_ref(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch,
     }
 }
 
-float kvp_kvq_query_ref(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias) {
+/* s[i] and m[i] of a parameter set (kvq.h). */
+static float kvp_kvq_s(const kvp_kvq_par *p, int i) {
+    return p->sc ? p->d * (float)p->sc[i] : p->s ? p->s[i] : 1.0f;
+}
+
+static float kvp_kvq_m(const kvp_kvq_par *p, int i) {
+    float m = p->sc ? p->mlo + p->dm * (float)p->mc[i] : p->m ? p->m[i] : 1.0f;
+    return m + p->m_add_s * kvp_kvq_s(p, i);
+}
+
+float kvp_kvq_query_ref(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
     float amax = 0;
     double b = 0;
     for (int c = 0; c < n; c++) {
-        float u = q[c] * (s ? s[c] : 1.0f);
+        float u = q[c] * kvp_kvq_s(p, c);
         amax = fabsf(u) > amax ? fabsf(u) : amax;
-        b += (double)q[c] * (m ? m[c] : 1.0f);
+        b += (double)q[c] * kvp_kvq_m(p, c);
     }
     float inv = amax > 0 ? 127.0f / amax : 0.0f;
-    for (int c = 0; c < n; c++) iq[c] = (int8_t)nearbyintf(q[c] * (s ? s[c] : 1.0f) * inv);
+    for (int c = 0; c < n; c++) iq[c] = (int8_t)nearbyintf(q[c] * kvp_kvq_s(p, c) * inv);
     for (int c = n; c % 4; c++) iq[c] = 0;
     *bias = (float)b;
     return amax / 127.0f;
 }
 
-float kvp_kvq_weights_ref(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias) {
+float kvp_kvq_weights_ref(const float *w, const kvp_kvq_par *p, int n, uint8_t *bq, float *bias) {
     float umax = 0;
     double b = 0;
     for (int t = 0; t < n; t++) {
-        float u = p[t] * s[t];
+        float u = w[t] * kvp_kvq_s(p, t);
         umax = u > umax ? u : umax;
-        b += (double)p[t] * m[t];
+        b += (double)w[t] * kvp_kvq_m(p, t);
     }
     float inv = umax > 0 ? 255.0f / umax : 0.0f;
-    for (int t = 0; t < n; t++) w[t] = (uint8_t)nearbyintf(p[t] * s[t] * inv);
+    for (int t = 0; t < n; t++) bq[t] = (uint8_t)nearbyintf(w[t] * kvp_kvq_s(p, t) * inv);
     *bias = (float)b;
     return umax / 255.0f;
+}
+
+void kvp_kvq_softmax_ref(float *x, int n) {
+    float mx = x[0];
+    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    if (mx == -INFINITY) {
+        memset(x, 0, sizeof(float) * (size_t)n);
+        return;
+    }
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -137,6 +160,7 @@ void kvp_kvq_fill_scalar(kvp_kvq_table *t) {
     t->values = kvp_kvq_values_ref;
     t->query = kvp_kvq_query_ref;
     t->weights = kvp_kvq_weights_ref;
+    t->softmax = kvp_kvq_softmax_ref;
 }
 
 static kvp_kvq_table kvp_kvq_tables[3]; /* scalar, avx2, avx512 */
@@ -182,10 +206,14 @@ void kvp_kvq_values(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, flo
     if (n_ch > 0 && w->nq > 0) kvp_kvq_active()->values(v, w, n_ch, Y, ldy);
 }
 
-float kvp_kvq_query(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias) {
-    return kvp_kvq_active()->query(q, s, m, n, iq, bias);
+float kvp_kvq_query(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
+    return kvp_kvq_active()->query(q, p, n, iq, bias);
 }
 
-float kvp_kvq_weights(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias) {
-    return kvp_kvq_active()->weights(p, s, m, n, w, bias);
+float kvp_kvq_weights(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias) {
+    return kvp_kvq_active()->weights(w, p, n, b, bias);
+}
+
+void kvp_kvq_softmax(float *x, int n) {
+    if (n > 0) kvp_kvq_active()->softmax(x, n);
 }

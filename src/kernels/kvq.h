@@ -82,26 +82,42 @@ typedef struct kvp_kvq_vtile {
 void kvp_kvq_values(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy);
 void kvp_kvq_values_ref(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy);
 
-/* Quantizes one query row for a key tile: u[c] = q[c] * s[c] (s NULL: 1) for c < n,
- * iq[c] = round(u[c] / d) in [-127, 127] with d = max|u| / 127 (d = 0, iq = 0 when u = 0),
- * iq[c] = 0 for c in [n, round_up(n, 4)). Sets *bias = sum q[c] * m[c] (m NULL: 1) and
- * returns d. */
-float kvp_kvq_query(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias);
-float kvp_kvq_query_ref(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias);
+/* Group parameters as the caches keep them, for n groups: two-level codes (sc != NULL)
+ *   s[i] = d * sc[i],   m[i] = mlo + dm * mc[i] + m_add_s * s[i]
+ * or float arrays (sc == NULL): s[i] = s ? s[i] : 1, m[i] = (m ? m[i] : 1) + m_add_s * s[i].
+ * m_add_s is 128 for 8-bit value codes (stored minus 128), else 0. */
+typedef struct kvp_kvq_par {
+    const uint8_t *sc, *mc;
+    float d, mlo, dm;
+    const float *s, *m;
+    float m_add_s;
+} kvp_kvq_par;
 
-/* Quantizes one row of attention weights for a value tile: u[t] = p[t] * s[t] (p, s >= 0),
- * w[t] = round(u[t] / d) in [0, 255] with d = max u / 255 (0 when u = 0), t < n. Sets
- * *bias = sum p[t] * m[t] and returns d. */
-float kvp_kvq_weights(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias);
-float kvp_kvq_weights_ref(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias);
+/* Quantizes one query row for a key tile: u[c] = q[c] * s[c] for c < n, iq[c] =
+ * round(u[c] / d) in [-127, 127] with d = max|u| / 127 (d = 0, iq = 0 when u = 0), and
+ * iq[c] = 0 for c in [n, round_up(n, 4)). Sets *bias = sum q[c] * m[c] and returns d. */
+float kvp_kvq_query(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias);
+float kvp_kvq_query_ref(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias);
+
+/* Quantizes one row of attention weights for a value tile: u[t] = w[t] * s[t] (w, s >= 0),
+ * b[t] = round(u[t] / d) in [0, 255] with d = max u / 255 (0 when u = 0), t < n. Sets
+ * *bias = sum w[t] * m[t] and returns d. */
+float kvp_kvq_weights(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias);
+float kvp_kvq_weights_ref(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias);
+
+/* In-place softmax of n scores (n >= 1): x[i] = e^(x[i] - max) / sum; every x[i] = 0 when
+ * the largest is -infinity. */
+void kvp_kvq_softmax(float *x, int n);
+void kvp_kvq_softmax_ref(float *x, int n);
 
 /* One instruction set's kernels, for the tests (kvp_kvq_table_build) and the dispatch. */
 typedef struct kvp_kvq_table {
     const char *isa;
     void (*scores)(const kvp_kvq_ktile *k, const kvp_kvq_rows *q, float *S, int lds, int accum);
     void (*values)(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy);
-    float (*query)(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias);
-    float (*weights)(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias);
+    float (*query)(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias);
+    float (*weights)(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias);
+    void (*softmax)(float *x, int n);
 } kvp_kvq_table;
 
 /* Fill a table: scalar sets every entry (the `_ref` kernels), avx2 and avx512 override the

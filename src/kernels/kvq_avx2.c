@@ -246,42 +246,116 @@ static float kvq_hsum(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
-static float kvp_kvq_query_avx2(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias) {
+/* s and m (kvq.h, kvp_kvq_par) of the lanes [i, i + 8) in mask k (n_lanes of them). */
+KVP_AI void kvq_par8(const kvp_kvq_par *p, int i, int n_lanes, __m256i k, __m256 *s, __m256 *m) {
+    if (p->sc) {
+        uint8_t sb[8] = {0}, mb[8] = {0};
+        memcpy(sb, p->sc + i, (size_t)KVP_MIN(8, n_lanes));
+        memcpy(mb, p->mc + i, (size_t)KVP_MIN(8, n_lanes));
+        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)sb)));
+        const __m256 mc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)mb)));
+        *s = _mm256_mul_ps(_mm256_set1_ps(p->d), sc);
+        *m = _mm256_add_ps(_mm256_set1_ps(p->mlo), _mm256_mul_ps(_mm256_set1_ps(p->dm), mc));
+    } else {
+        *s = p->s ? _mm256_maskload_ps(p->s + i, k) : _mm256_set1_ps(1.0f);
+        *m = p->m ? _mm256_maskload_ps(p->m + i, k) : _mm256_set1_ps(1.0f);
+    }
+    if (p->m_add_s != 0) *m = _mm256_fmadd_ps(_mm256_set1_ps(p->m_add_s), *s, *m);
+}
+
+/* Rounds u * inv (8 lanes, the first n_lanes kept) to int32 and stores them as bytes. */
+KVP_AI void kvq_store_bytes(__m256 u, __m256 inv, int n_lanes, int sgn, void *dst) {
+    const __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(u, inv));
+    const __m128i x = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    uint8_t b[16];
+    _mm_storeu_si128((__m128i *)(void *)b, sgn ? _mm_packs_epi16(x, x) : _mm_packus_epi16(x, x));
+    memcpy(dst, b, (size_t)KVP_MIN(8, n_lanes));
+}
+
+static float kvp_kvq_query_avx2(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
+    __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps(), s, m;
     for (int c = 0; c < n; c += 8) {
         const __m256i k = kvq_mask8(n - c);
         const __m256 qv = _mm256_maskload_ps(q + c, k);
-        const __m256 u = s ? _mm256_mul_ps(qv, _mm256_maskload_ps(s + c, k)) : qv;
-        vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, u));
-        vb = m ? _mm256_fmadd_ps(qv, _mm256_maskload_ps(m + c, k), vb) : _mm256_add_ps(qv, vb);
+        kvq_par8(p, c, n - c, k, &s, &m);
+        vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_mul_ps(qv, s)));
+        vb = _mm256_fmadd_ps(qv, m, vb);
     }
-    const float amax = kvq_hmax(vmax), inv = amax > 0 ? 127.0f / amax : 0.0f;
-    for (int c = 0; c < n; c++) iq[c] = (int8_t)nearbyintf(q[c] * (s ? s[c] : 1.0f) * inv);
+    const float amax = kvq_hmax(vmax);
+    const __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+    for (int c = 0; c < n; c += 8) {
+        const __m256i k = kvq_mask8(n - c);
+        kvq_par8(p, c, n - c, k, &s, &m);
+        kvq_store_bytes(_mm256_mul_ps(_mm256_maskload_ps(q + c, k), s), inv, n - c, 1, iq + c);
+    }
     for (int c = n; c % 4; c++) iq[c] = 0;
     *bias = kvq_hsum(vb);
     return amax / 127.0f;
 }
 
-static float kvp_kvq_weights_avx2(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias) {
-    __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
+static float kvp_kvq_weights_avx2(const float *w, const kvp_kvq_par *p, int n, uint8_t *bq, float *bias) {
+    __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps(), s, m;
     for (int t = 0; t < n; t += 8) {
         const __m256i k = kvq_mask8(n - t);
-        const __m256 pv = _mm256_maskload_ps(p + t, k);
-        vmax = _mm256_max_ps(vmax, _mm256_mul_ps(pv, _mm256_maskload_ps(s + t, k)));
-        vb = _mm256_fmadd_ps(pv, _mm256_maskload_ps(m + t, k), vb);
+        const __m256 wv = _mm256_maskload_ps(w + t, k);
+        kvq_par8(p, t, n - t, k, &s, &m);
+        vmax = _mm256_max_ps(vmax, _mm256_mul_ps(wv, s));
+        vb = _mm256_fmadd_ps(wv, m, vb);
     }
-    const float umax = kvq_hmax(vmax), inv = umax > 0 ? 255.0f / umax : 0.0f;
-    const __m256 vinv = _mm256_set1_ps(inv);
-    int t = 0;
-    for (; t + 8 <= n; t += 8) { /* round, then pack 8 int32 (0..255) to bytes */
-        __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + t), _mm256_loadu_ps(s + t)), vinv));
-        __m128i x = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-        _mm_storel_epi64((__m128i *)(void *)(w + t), _mm_packus_epi16(x, x));
+    const float umax = kvq_hmax(vmax);
+    const __m256 inv = _mm256_set1_ps(umax > 0 ? 255.0f / umax : 0.0f);
+    for (int t = 0; t < n; t += 8) {
+        const __m256i k = kvq_mask8(n - t);
+        kvq_par8(p, t, n - t, k, &s, &m);
+        kvq_store_bytes(_mm256_mul_ps(_mm256_maskload_ps(w + t, k), s), inv, n - t, 0, bq + t);
     }
-    for (; t < n; t++) w[t] = (uint8_t)nearbyintf(p[t] * s[t] * inv);
     *bias = kvq_hsum(vb);
     return umax / 255.0f;
+}
+
+/* e^x for x <= 0 (lanes below -87.3 give about 1e-38), as in kvq_avx512.c, with 2^n built
+ * in the exponent field. */
+KVP_AI __m256 kvq_exp(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 e = _mm256_set1_ps(1.0f / 5040.0f);
+    e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 720.0f));
+    e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 120.0f));
+    e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 24.0f));
+    e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f / 6.0f));
+    e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(0.5f));
+    e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f));
+    e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(e, _mm256_castsi256_ps(two_n));
+}
+
+static void kvp_kvq_softmax_avx2(float *x, int n) {
+    __m256 vmax = _mm256_set1_ps(-INFINITY), vsum = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+    float mx = kvq_hmax(vmax);
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    if (mx == -INFINITY) {
+        memset(x, 0, sizeof(float) * (size_t)n);
+        return;
+    }
+    for (i = 0; i < n; i += 8) {
+        const __m256i k = kvq_mask8(n - i);
+        const __m256 e = _mm256_and_ps(kvq_exp(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), _mm256_set1_ps(mx))),
+                                       _mm256_castsi256_ps(k));
+        _mm256_maskstore_ps(x + i, k, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / kvq_hsum(vsum));
+    for (i = 0; i < n; i += 8) {
+        const __m256i k = kvq_mask8(n - i);
+        _mm256_maskstore_ps(x + i, k, _mm256_mul_ps(_mm256_maskload_ps(x + i, k), inv));
+    }
 }
 
 void kvp_kvq_fill_avx2(kvp_kvq_table *t) {
@@ -290,6 +364,7 @@ void kvp_kvq_fill_avx2(kvp_kvq_table *t) {
     t->values = kvp_kvq_values_avx2;
     t->query = kvp_kvq_query_avx2;
     t->weights = kvp_kvq_weights_avx2;
+    t->softmax = kvp_kvq_softmax_avx2;
 }
 
 #else /* built without the AVX2 flags: the table keeps the scalar kernels */

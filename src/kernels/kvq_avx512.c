@@ -11,6 +11,7 @@
  * tokens or channels) are in flight, so 12 independent accumulators hide the latency.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "common/common.h"
@@ -216,21 +217,35 @@ static void kvp_kvq_values_avx512(const kvp_kvq_vtile *v, const kvp_kvq_rows *w,
 
 KVP_AI __mmask16 kvq_tail(int c, int n) { return c + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - c)) - 1u); }
 
-static float kvp_kvq_query_avx512(const float *q, const float *s, const float *m, int n, int8_t *iq, float *bias) {
-    __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
+/* s and m (kvq.h, kvp_kvq_par) of the lanes [i, i + 16) in mask k. */
+KVP_AI void kvq_par16(const kvp_kvq_par *p, int i, __mmask16 k, __m512 *s, __m512 *m) {
+    if (p->sc) {
+        const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, p->sc + i)));
+        const __m512 mc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, p->mc + i)));
+        *s = _mm512_mul_ps(_mm512_set1_ps(p->d), sc);
+        *m = _mm512_add_ps(_mm512_set1_ps(p->mlo), _mm512_mul_ps(_mm512_set1_ps(p->dm), mc));
+    } else {
+        *s = p->s ? _mm512_maskz_loadu_ps(k, p->s + i) : _mm512_set1_ps(1.0f);
+        *m = p->m ? _mm512_maskz_loadu_ps(k, p->m + i) : _mm512_set1_ps(1.0f);
+    }
+    if (p->m_add_s != 0) *m = _mm512_fmadd_ps(_mm512_set1_ps(p->m_add_s), *s, *m);
+}
+
+static float kvp_kvq_query_avx512(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
+    __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps(), s, m;
     for (int c = 0; c < n; c += 16) {
         const __mmask16 k = kvq_tail(c, n);
         const __m512 qv = _mm512_maskz_loadu_ps(k, q + c);
-        const __m512 u = s ? _mm512_mul_ps(qv, _mm512_maskz_loadu_ps(k, s + c)) : qv;
-        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(u));
-        vb = m ? _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(k, m + c), vb) : _mm512_add_ps(qv, vb);
+        kvq_par16(p, c, k, &s, &m);
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_mul_ps(qv, s)));
+        vb = _mm512_fmadd_ps(qv, m, vb);
     }
     const float amax = _mm512_reduce_max_ps(vmax);
     const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
     for (int c = 0; c < n; c += 16) {
         const __mmask16 k = kvq_tail(c, n);
-        const __m512 qv = _mm512_maskz_loadu_ps(k, q + c);
-        const __m512 u = s ? _mm512_mul_ps(qv, _mm512_maskz_loadu_ps(k, s + c)) : qv;
+        kvq_par16(p, c, k, &s, &m);
+        const __m512 u = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, q + c), s);
         _mm512_mask_cvtsepi32_storeu_epi8(iq + c, k, _mm512_cvtps_epi32(_mm512_mul_ps(u, inv)));
     }
     for (int c = n; c % 4; c++) iq[c] = 0;
@@ -238,23 +253,65 @@ static float kvp_kvq_query_avx512(const float *q, const float *s, const float *m
     return amax / 127.0f;
 }
 
-static float kvp_kvq_weights_avx512(const float *p, const float *s, const float *m, int n, uint8_t *w, float *bias) {
-    __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
+static float kvp_kvq_weights_avx512(const float *w, const kvp_kvq_par *p, int n, uint8_t *bq, float *bias) {
+    __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps(), s, m;
     for (int t = 0; t < n; t += 16) {
         const __mmask16 k = kvq_tail(t, n);
-        const __m512 pv = _mm512_maskz_loadu_ps(k, p + t);
-        vmax = _mm512_max_ps(vmax, _mm512_mul_ps(pv, _mm512_maskz_loadu_ps(k, s + t)));
-        vb = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(k, m + t), vb);
+        const __m512 wv = _mm512_maskz_loadu_ps(k, w + t);
+        kvq_par16(p, t, k, &s, &m);
+        vmax = _mm512_max_ps(vmax, _mm512_mul_ps(wv, s));
+        vb = _mm512_fmadd_ps(wv, m, vb);
     }
     const float umax = _mm512_reduce_max_ps(vmax);
     const __m512 inv = _mm512_set1_ps(umax > 0 ? 255.0f / umax : 0.0f);
     for (int t = 0; t < n; t += 16) {
         const __mmask16 k = kvq_tail(t, n);
-        const __m512 u = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + t), _mm512_maskz_loadu_ps(k, s + t));
-        _mm512_mask_cvtusepi32_storeu_epi8(w + t, k, _mm512_cvtps_epu32(_mm512_mul_ps(u, inv)));
+        kvq_par16(p, t, k, &s, &m);
+        const __m512 u = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + t), s);
+        _mm512_mask_cvtusepi32_storeu_epi8(bq + t, k, _mm512_cvtps_epu32(_mm512_mul_ps(u, inv)));
     }
     *bias = _mm512_reduce_add_ps(vb);
     return umax / 255.0f;
+}
+
+/* e^x for x <= 0 (lanes below -87.3 give about 1e-38): x = n ln2 + r, e^r by its Taylor
+ * polynomial of degree 7 (|r| <= ln2 / 2: relative error below 1e-8), times 2^n. */
+KVP_AI __m512 kvq_exp(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 e = _mm512_set1_ps(1.0f / 5040.0f);
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 720.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 120.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 24.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f / 6.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(e, n);
+}
+
+static void kvp_kvq_softmax_avx512(float *x, int n) {
+    __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, kvq_tail(i, n), x + i));
+    const float mx = _mm512_reduce_max_ps(vmax);
+    if (mx == -INFINITY) {
+        memset(x, 0, sizeof(float) * (size_t)n);
+        return;
+    }
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = kvq_tail(i, n);
+        const __m512 e = kvq_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), _mm512_set1_ps(mx)));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(k, e));
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = kvq_tail(i, n);
+        _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+    }
 }
 
 void kvp_kvq_fill_avx512(kvp_kvq_table *t) {
@@ -263,6 +320,7 @@ void kvp_kvq_fill_avx512(kvp_kvq_table *t) {
     t->values = kvp_kvq_values_avx512;
     t->query = kvp_kvq_query_avx512;
     t->weights = kvp_kvq_weights_avx512;
+    t->softmax = kvp_kvq_softmax_avx512;
 }
 
 #else /* built without the AVX-512 flags: the table keeps the lower set's kernels */

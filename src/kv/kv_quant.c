@@ -301,25 +301,25 @@ static int kvp_kivi_end(kvp_kv *kv) {
  * ------------------------------------------------------------------------------------- */
 
 typedef struct {
-    float *Qf, *Qx, *S, *Y, *alpha, *beta, *ps, *pm;
+    float *Qf, *Qx, *S, *Y, *alpha, *beta;
     int8_t *iq;
     uint8_t *W;
 } kvp_kivi_scr;
 
-/* Carves one thread's scratch into its arrays (rows = qb * group query rows). */
+/* Carves one thread's scratch into its arrays (rows = qb * group query rows); with base
+ * NULL only measures it. */
 static kvp_kivi_scr kvp_kivi_carve(const kvp_kv_kivi *c, uint8_t *base, size_t *total) {
-    int rows = c->qb * (c->base.shape.n_heads / c->nkv), G = c->p.G;
-    size_t sz[10] = {(size_t)rows * c->hd, (size_t)rows * c->hd, (size_t)rows * c->lds, (size_t)rows * c->hdp,
-                     (size_t)rows, (size_t)rows, (size_t)KVP_MAX(c->hd, G), (size_t)KVP_MAX(c->hd, G),
-                     (size_t)rows * c->cp4, (size_t)rows * G};
-    void *p[10];
+    size_t rows = (size_t)c->qb * (size_t)(c->base.shape.n_heads / c->nkv);
+    size_t sz[8] = {rows * c->hd, rows * c->hd, rows * c->lds, rows * c->hdp, rows, rows, rows * c->cp4,
+                    rows * c->p.G};
+    void *p[8];
     size_t off = 0;
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < 8; i++) {
         p[i] = base ? base + off : NULL;
-        off += ((i < 8 ? sizeof(float) : 1) * sz[i] + 63) & ~(size_t)63;
+        off += ((i < 6 ? sizeof(float) : 1) * sz[i] + 63) & ~(size_t)63;
     }
     *total = off;
-    return (kvp_kivi_scr){p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]};
+    return (kvp_kivi_scr){p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
 }
 
 typedef struct {
@@ -329,12 +329,20 @@ typedef struct {
     float *out;
 } kvp_kivi_job;
 
+/* The kernels' view of n two-level parameters at p (codes sc, mc, then the super triple). */
+static kvp_kvq_par kvp_kivi_par(const uint8_t *p, int n, float m_add_s) {
+    kvp_qsuper sp;
+    memcpy(&sp, p + 2 * n, sizeof sp);
+    return (kvp_kvq_par){p, p + n, kvp_f16_to_f32(sp.d), kvp_f16_to_f32(sp.mlo), kvp_f16_to_f32(sp.dm),
+                         NULL, NULL, m_add_s};
+}
+
 static void kvp_kivi_block_scores(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
     uint8_t *blk = c->blocks[(size_t)layer * c->max_blocks + b];
     float scale = 1.0f / sqrtf((float)c->hd);
-    kvp_kivi_kparams(c, blk, h, x->ps, x->pm);
+    kvp_kvq_par par = kvp_kivi_par(kvp_kivi_kpar(c, blk, h), c->hd, 0);
     for (int j = 0; j < rows; j++) {
-        float bias, d = kvp_kvq_query(x->Qx + (size_t)j * c->hd, x->ps, x->pm, c->hd, x->iq + (size_t)j * c->cp4, &bias);
+        float bias, d = kvp_kvq_query(x->Qx + (size_t)j * c->hd, &par, c->hd, x->iq + (size_t)j * c->cp4, &bias);
         x->alpha[j] = scale * d;
         x->beta[j] = scale * bias;
     }
@@ -349,10 +357,10 @@ static void kvp_kivi_block_values(const kvp_kv_kivi *c, int layer, int b, int h,
     size_t ub = kvp_kvq_unit_bytes(c->p.vbits);
     for (const kvp_kivi_run *r = c->runs + (size_t)h * c->n_runs; r < c->runs + (size_t)(h + 1) * c->n_runs; r++) {
         if (r->u1 <= r->u0) continue;
-        kvp_kivi_vparams(c, blk, r->g, x->ps, x->pm);
+        kvp_kvq_par par = kvp_kivi_par(kvp_kivi_vpar(c, blk, r->g), G, c->p.vbits == 8 ? 128.0f : 0.0f);
         for (int j = 0; j < rows; j++)
-            x->alpha[j] = kvp_kvq_weights(x->S + (size_t)j * c->lds + (size_t)b * G, x->ps, x->pm, G,
-                                          x->W + (size_t)j * G, &x->beta[j]);
+            x->alpha[j] = kvp_kvq_weights(x->S + (size_t)j * c->lds + (size_t)b * G, &par, G, x->W + (size_t)j * G,
+                                          &x->beta[j]);
         kvp_kvq_vtile vt = {kvp_kivi_vtile(c, blk, h) + (size_t)r->u0 * ub, c->p.vbits, G / 4, r->u1 - r->u0, c->vrow};
         kvp_kvq_rows wr = {x->W, G, rows, x->alpha, x->beta};
         kvp_kvq_values(&vt, &wr, KVP_MIN(8 * (r->u1 - r->u0), c->hd - 8 * r->u0), x->Y + 8 * r->u0, c->hdp);
@@ -364,9 +372,19 @@ static void kvp_kivi_softmax(const kvp_kv_kivi *c, float *S, int rows, int group
     for (int r = 0; r < rows; r++) {
         float *row = S + (size_t)r * c->lds;
         int vis = pos + i0 + r / group + 1;
-        kvp_softmax(row, vis);
+        kvp_kvq_softmax(row, vis);
         memset(row + vis, 0, sizeof(float) * (size_t)(n_cols - vis));
     }
+}
+
+/* Asks the memory system for head h's key (or value) tile and parameters of block b. */
+static void kvp_kivi_prefetch(const kvp_kv_kivi *c, int layer, int b, int h, int val) {
+    if (b >= c->n_blocks) return;
+    uint8_t *blk = c->blocks[(size_t)layer * c->max_blocks + b];
+    const uint8_t *t = val ? kvp_kivi_vtile(c, blk, h) : kvp_kivi_ktile(c, blk, h);
+    size_t n = val ? c->vtile : c->ktile;
+    for (size_t o = 0; o < n; o += 64) __builtin_prefetch(t + o);
+    __builtin_prefetch(val ? kvp_kivi_vpar(c, blk, kvp_kivi_vgroup(c, h, 0)) : kvp_kivi_kpar(c, blk, h));
 }
 
 static void kvp_kivi_task(void *arg, int chunk, int thread) {
@@ -381,12 +399,18 @@ static void kvp_kivi_task(void *arg, int chunk, int thread) {
     kvp_qa_gather(&c->base.shape, j->q, h, i0, i1, x.Qf);
     memcpy(x.Qx, x.Qf, sizeof(float) * (size_t)rows * c->hd);
     for (int r = 0; r < rows; r++) kvp_kx_apply(&c->kx, j->layer, h, x.Qx + (size_t)r * c->hd, 1);
-    for (int b = 0; b < c->n_blocks; b++) kvp_kivi_block_scores(c, j->layer, b, h, rows, &x);
+    for (int b = 0; b < c->n_blocks; b++) {
+        kvp_kivi_prefetch(c, j->layer, b + 2, h, 0);
+        kvp_kivi_block_scores(c, j->layer, b, h, rows, &x);
+    }
     kvp_attn_scores_f16(kvp_qwin_rows(w, h, 0), n_cols - nq, c->hd, x.Qf, rows, c->hd, 1.0f / sqrtf((float)c->hd),
                         x.S + nq, c->lds);
     kvp_kivi_softmax(c, x.S, rows, group, j->pos, i0, n_cols);
     memset(x.Y, 0, sizeof(float) * (size_t)rows * c->hdp);
-    for (int b = 0; b < c->n_blocks; b++) kvp_kivi_block_values(c, j->layer, b, h, rows, &x);
+    for (int b = 0; b < c->n_blocks; b++) {
+        kvp_kivi_prefetch(c, j->layer, b + 2, h, 1);
+        kvp_kivi_block_values(c, j->layer, b, h, rows, &x);
+    }
     kvp_attn_values_f16(x.Y, c->hdp, rows, x.S + nq, c->lds, kvp_qwin_rows(w, h, 1), n_cols - nq, c->hd);
     kvp_qa_scatter(&c->base.shape, x.Y, c->hdp, h, i0, i1, j->out);
 }

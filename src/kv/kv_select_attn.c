@@ -44,7 +44,12 @@ void kvp_sel_values_q8_ref(float *Y, int ldy, int ny, const float *P, int ldp, c
         }
 }
 
-/* 1 when the AVX2 twins may run: the kernels' chosen instruction set is not scalar. */
+void kvp_sel_dequant_q8_ref(const int8_t *q, const float *scale, int n, int hd, float *x) {
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < hd; c++) x[(size_t)t * hd + c] = scale[t] * (float)q[(size_t)t * hd + c];
+}
+
+/* 1 when the AVX2 twin may run: the kernels' chosen instruction set is not scalar. */
 static int kvp_sel_use_avx2(void) {
     static atomic_int state; /* 0 unknown, 1 no, 2 yes */
     int s = atomic_load_explicit(&state, memory_order_relaxed);
@@ -55,16 +60,41 @@ static int kvp_sel_use_avx2(void) {
     return s == 2;
 }
 
+void kvp_sel_dequant_q8(const int8_t *q, const float *scale, int n, int hd, float *x) {
+    if (kvp_sel_use_avx2()) kvp_sel_dequant_q8_avx2(q, scale, n, hd, x);
+    else kvp_sel_dequant_q8_ref(q, scale, n, hd, x);
+}
+
+/* Rows per dequantized chunk: a buffer of KVP_Q8_BUF floats. */
+#define KVP_Q8_BUF 4096
+static int kvp_q8_chunk(int hd) { return KVP_MAX(1, KVP_Q8_BUF / hd); }
+
 void kvp_sel_scores_q8(const int8_t *K, const float *ks, int n, int hd, const float *Q, int nq, int ldq,
                        float scale, float *S, int lds) {
-    if (kvp_sel_use_avx2()) kvp_sel_scores_q8_avx2(K, ks, n, hd, Q, nq, ldq, scale, S, lds);
-    else kvp_sel_scores_q8_ref(K, ks, n, hd, Q, nq, ldq, scale, S, lds);
+    if (hd > KVP_Q8_BUF) {
+        kvp_sel_scores_q8_ref(K, ks, n, hd, Q, nq, ldq, scale, S, lds);
+        return;
+    }
+    float buf[KVP_Q8_BUF];
+    for (int t0 = 0, step = kvp_q8_chunk(hd); t0 < n; t0 += step) {
+        int cnt = KVP_MIN(step, n - t0);
+        kvp_sel_dequant_q8(K + (size_t)t0 * hd, ks + t0, cnt, hd, buf);
+        kvp_attn_scores_f32(buf, cnt, hd, Q, nq, ldq, scale, S + t0, lds);
+    }
 }
 
 void kvp_sel_values_q8(float *Y, int ldy, int ny, const float *P, int ldp, const int8_t *V, const float *vs,
                        int n, int hd) {
-    if (kvp_sel_use_avx2()) kvp_sel_values_q8_avx2(Y, ldy, ny, P, ldp, V, vs, n, hd);
-    else kvp_sel_values_q8_ref(Y, ldy, ny, P, ldp, V, vs, n, hd);
+    if (hd > KVP_Q8_BUF) {
+        kvp_sel_values_q8_ref(Y, ldy, ny, P, ldp, V, vs, n, hd);
+        return;
+    }
+    float buf[KVP_Q8_BUF];
+    for (int t0 = 0, step = kvp_q8_chunk(hd); t0 < n; t0 += step) {
+        int cnt = KVP_MIN(step, n - t0);
+        kvp_sel_dequant_q8(V + (size_t)t0 * hd, vs + t0, cnt, hd, buf);
+        kvp_attn_values_f32(Y, ldy, ny, P + t0, ldp, buf, cnt, hd);
+    }
 }
 
 /* ---- attention over runs ---- */

@@ -32,8 +32,8 @@ typedef struct {
 } kvp_blk;
 
 typedef struct {
-    float *q, *s, *y, *absq;  /* (group, hd), (group, lds), (group, hd), (hd) */
-    float *bs, *tmp;          /* (cap_blk) pooled block scores; (cap_blk) one head's */
+    float *q, *s, *y, *absq;  /* (group, hd), (group, lds), (group, hd), (group, hd) */
+    float *bs, *ub, *tmp;     /* (cap_blk) pooled block scores; (group, cap_blk) per query row, twice */
     int *len, *order, *sel;   /* (cap_blk) */
     kvp_rows *runs;           /* (cap_blk + 4) */
     int qpos, max_att;
@@ -108,6 +108,7 @@ static void kvp_rt_scratch_free(kvp_rt_scratch *w) {
     kvp_afree(w->y);
     kvp_afree(w->absq);
     kvp_afree(w->bs);
+    kvp_afree(w->ub);
     kvp_afree(w->tmp);
     free(w->len);
     free(w->order);
@@ -120,15 +121,16 @@ static int kvp_rt_scratch_one(kvp_kv_retr *c, kvp_rt_scratch *w) {
     size_t g = (size_t)c->group, hd = (size_t)c->base.shape.head_dim, nb = (size_t)c->scr_blk;
     w->q = kvp_amalloc(sizeof(float) * g * hd);
     w->y = kvp_amalloc(sizeof(float) * g * hd);
-    w->absq = kvp_amalloc(sizeof(float) * hd);
+    w->absq = kvp_amalloc(sizeof(float) * g * hd);
     w->s = kvp_amalloc(sizeof(float) * g * (size_t)c->scr_lds);
     w->bs = kvp_amalloc(sizeof(float) * nb);
-    w->tmp = kvp_amalloc(sizeof(float) * nb);
+    w->ub = kvp_amalloc(sizeof(float) * g * nb);
+    w->tmp = kvp_amalloc(sizeof(float) * g * nb);
     w->len = malloc(sizeof(int) * nb);
     w->order = malloc(sizeof(int) * nb);
     w->sel = malloc(sizeof(int) * nb);
     w->runs = malloc(sizeof(kvp_rows) * (nb + 4));
-    if (!w->q || !w->y || !w->absq || !w->s || !w->bs || !w->tmp || !w->len || !w->order || !w->sel || !w->runs)
+    if (!w->q || !w->y || !w->absq || !w->s || !w->bs || !w->ub || !w->tmp || !w->len || !w->order || !w->sel || !w->runs)
         return kvp_seterr(KVP_ENOMEM, "out of memory for retrieval scratch");
     return KVP_OK;
 }
@@ -340,17 +342,22 @@ static void kvp_rt_view(const kvp_kv_retr *c, int layer, int b, int h, int r0, i
                       NULL, NULL, NULL, p0};
 }
 
-/* Pooled scores of blocks [b0, b0 + nb) for the group's query rows Q (group, hd). */
+/* Pooled scores of blocks [b0, b0 + nb) for the group's query rows Q (group, hd): Quest's
+ * bound, the largest over the group; SentenceKV's similarity, summed over the group. */
 static void kvp_rt_score(const kvp_kv_retr *c, kvp_rt_scratch *w, int layer, int h, const float *Q, int b0, int nb) {
-    int hd = c->base.shape.head_dim, s = layer * c->base.shape.n_kv_heads + h;
+    int hd = c->base.shape.head_dim, s = layer * c->base.shape.n_kv_heads + h, g = c->group;
     const float *A = c->meta_a[s] + (size_t)b0 * hd;
-    for (int j = 0; j < c->group; j++) {
-        const float *qj = Q + (size_t)j * hd;
-        float *dst = j ? w->tmp : w->bs;
-        if (c->kind == KVP_RT_QUEST) kvp_quest_bounds(qj, hd, A, c->meta_b[s] + (size_t)b0 * hd, nb, w->absq, dst);
-        else kvp_attn_scores_f32(A, nb, hd, qj, 1, hd, 1.0f, dst, nb);
-        for (int b = 0; j && b < nb; b++)
-            w->bs[b] = c->kind == KVP_RT_QUEST ? fmaxf(w->bs[b], w->tmp[b]) : w->bs[b] + w->tmp[b];
+    if (c->kind == KVP_RT_QUEST)
+        kvp_quest_bounds(Q, g, hd, A, c->meta_b[s] + (size_t)b0 * hd, nb, w->absq, w->tmp, w->ub);
+    else
+        kvp_attn_scores_f32(A, nb, hd, Q, g, hd, 1.0f, w->ub, nb);
+    memcpy(w->bs, w->ub, sizeof(float) * (size_t)nb);
+    for (int j = 1; j < g; j++) {
+        const float *u = w->ub + (size_t)j * nb;
+        if (c->kind == KVP_RT_QUEST)
+            for (int b = 0; b < nb; b++) w->bs[b] = fmaxf(w->bs[b], u[b]);
+        else
+            for (int b = 0; b < nb; b++) w->bs[b] += u[b];
     }
 }
 

@@ -16,14 +16,12 @@
 #include "kernels/kernels.h"
 #include "kv/select.h"
 
-void kvp_quest_bounds(const float *q, int hd, const float *center, const float *radius, int nb, float *absq,
-                      float *ub) {
-    for (int c = 0; c < hd; c++) absq[c] = fabsf(q[c]);
-    kvp_attn_scores_f32(center, nb, hd, q, 1, hd, 1.0f, ub, nb);
-    for (int b = 0; b < nb; b++) {
-        float rb = kvp_dot_f32(radius + (size_t)b * hd, absq, hd);
-        ub[b] += rb;
-    }
+void kvp_quest_bounds(const float *Q, int nq, int hd, const float *center, const float *radius, int nb,
+                      float *absq, float *tmp, float *ub) {
+    for (int i = 0; i < nq * hd; i++) absq[i] = fabsf(Q[i]);
+    kvp_attn_scores_f32(center, nb, hd, Q, nq, hd, 1.0f, ub, nb);
+    kvp_attn_scores_f32(radius, nb, hd, absq, nq, hd, 1.0f, tmp, nb);
+    for (int i = 0; i < nq * nb; i++) ub[i] += tmp[i];
 }
 
 /* 1 when block a ranks before block b: higher score, then the earlier block. */

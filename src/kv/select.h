@@ -114,12 +114,11 @@ void kvp_sel_values_q8(float *Y, int ldy, int ny, const float *P, int ldp, const
                        int n, int hd);
 void kvp_sel_values_q8_ref(float *Y, int ldy, int ny, const float *P, int ldp, const int8_t *V,
                            const float *vs, int n, int hd);
-/* The AVX2 twins (kv_select_q8_avx2.c); NULL-free: they exist on every build and fall back
- * to the references when the compiler could not target AVX2. */
-void kvp_sel_scores_q8_avx2(const int8_t *K, const float *ks, int n, int hd, const float *Q, int nq, int ldq,
-                            float scale, float *S, int lds);
-void kvp_sel_values_q8_avx2(float *Y, int ldy, int ny, const float *P, int ldp, const int8_t *V,
-                            const float *vs, int n, int hd);
+/* x (n, hd) = scale[t] * q (n, hd): the rows as floats. The fast scores and values
+ * dequantize a chunk of rows into a buffer in L1 and run the F32 attention kernels on it. */
+void kvp_sel_dequant_q8(const int8_t *q, const float *scale, int n, int hd, float *x);
+void kvp_sel_dequant_q8_ref(const int8_t *q, const float *scale, int n, int hd, float *x);
+void kvp_sel_dequant_q8_avx2(const int8_t *q, const float *scale, int n, int hd, float *x);
 /* Quantizes one row of hd values: q[c] = round(x[c] / scale), scale = max|x| / 127 (0 for a
  * zero row, whose q is all zeros). */
 void kvp_sel_quant_q8(const float *x, int hd, int8_t *q, float *scale);
@@ -233,11 +232,13 @@ void kvp_kvcrush_represent(const uint32_t *sig, const int *cand, int nc, int m, 
 /* ---------------------------------------------------------------------------------------
  * Retrieval policies (Quest, SentenceKV): scoring blocks.
  * ------------------------------------------------------------------------------------- */
-/* Quest's bound for one query row q (hd) against blocks whose keys lie in the boxes
- * [center - radius, center + radius] per channel: ub[b] = q.center[b] + |q|.radius[b]
- * >= max over the block's keys of q.k. center, radius: (nb, hd). absq: scratch (hd). */
-void kvp_quest_bounds(const float *q, int hd, const float *center, const float *radius, int nb, float *absq,
-                      float *ub);
+/* Quest's bounds for query rows Q (nq, hd) against blocks whose keys lie in the boxes
+ * [center - radius, center + radius] per channel: ub[j * nb + b] = q_j.center[b] +
+ * |q_j|.radius[b] >= max over block b's keys of q_j.k. center, radius: (nb, hd); scratch:
+ * absq (nq, hd), tmp (nq, nb). Two calls of the attention score kernel, which loads each
+ * centre and radius row once for all the query rows. */
+void kvp_quest_bounds(const float *Q, int nq, int hd, const float *center, const float *radius, int nb,
+                      float *absq, float *tmp, float *ub);
 /* Picks blocks by descending score (ties: the earlier block) while their lengths fit in
  * `budget` tokens, skipping those that do not fit. Writes the chosen indices, in ascending
  * order, to sel and returns how many. order: scratch (nb). */
