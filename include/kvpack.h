@@ -489,6 +489,43 @@ int kvp_recall_score(kvp_ctx *ctx, const int *tokens, int L, const int *answers,
  * every candidate; res (n_specs + 1) receives recall accuracy, bytes and speed. */
 int kvp_eval_recall(kvp_model *m, int L, const kvp_eval_params *p, kvp_eval_result *res);
 
+/* Token selection on the recall task (docs/selection.md): accuracy per budget x sequence
+ * length x depth of the queried pair in the context, every sequence fed token by token. */
+typedef struct kvp_sel_grid_params {
+    const char *kv;                /* storage: NULL = "f16" */
+    const char *select;            /* the policy spec ("quest"); NULL with no budgets: the full cache only */
+    const char *cold;              /* cold tier of quest / sentencekv; NULL = "mem" */
+    const char *const *budgets;    /* n_budgets budgets: "25%", "256" */
+    int n_budgets;
+    const int *lengths;            /* n_lengths reference suites: 256, 512, 1024 */
+    int n_lengths;
+    int n_depths;                  /* depth buckets of the queried pair, 1..16 */
+    int max_seqs;                  /* sequences per suite; 0 = all 64 */
+    int n_threads;
+    void (*progress)(void *user, long done, long total); /* may be NULL */
+    void *user;
+} kvp_sel_grid_params;
+typedef struct kvp_sel_grid_cell { long correct, total; } kvp_sel_grid_cell;
+/* cells: (n_budgets + 1, n_lengths, n_depths); row 0 is the full cache, row b + 1 budget b. */
+int kvp_sel_recall_grid(kvp_model *m, const kvp_sel_grid_params *p, kvp_sel_grid_cell *cells);
+/* The grid as a text table (malloc'ed; the caller frees it), and as an SVG heat map. */
+int kvp_sel_grid_table(const kvp_sel_grid_params *p, const kvp_sel_grid_cell *cells, char **out);
+int kvp_sel_grid_svg(const char *path, const kvp_sel_grid_params *p, const kvp_sel_grid_cell *cells);
+
+/* Passkey retrieval in the style of llama.cpp's passkey example: an instruction, filler
+ * sentences up to the context, "The pass key is N. Remember it." at a random depth, then
+ * "What is the pass key? The pass key is" and 8 greedy tokens, right when they contain N.
+ * res[0] is the full cache's result, res[1] the policy's (empty when select is NULL). */
+typedef struct kvp_passkey_params {
+    const char *kv, *select, *budget, *cold;
+    int n_ctx;                     /* 0 = the model's training context */
+    int n_trials;
+    uint64_t seed;
+    int n_threads;
+} kvp_passkey_params;
+typedef struct kvp_passkey_result { int correct, total, n_tokens; } kvp_passkey_result;
+int kvp_sel_passkey(kvp_model *m, const kvp_passkey_params *p, kvp_passkey_result res[2]);
+
 /* ---------------------------------------------------------------------------------------
  * Runtime information.
  * ------------------------------------------------------------------------------------- */

@@ -345,32 +345,32 @@ static void kvt_block(uint16_t *k, uint16_t *v, int nh, int n, unsigned long lon
 /* Puts blocks of 5, 16 and 1 tokens, reads them back bit for bit (f16), rewinds and reuses. */
 static void kvt_cold_round_trip(const char *spec) {
     enum { NH = 3, HD = 24 };
-    kvp_cold *c = NULL;
-    CHECK_OK(kvp_cold_new(spec, NH, HD, &c));
+    kvp_tier *c = NULL;
+    CHECK_OK(kvp_tier_new(spec, NH, HD, &c));
     unsigned long long s = 11;
     uint16_t k[3][NH * 16 * HD], v[3][NH * 16 * HD], gk[NH * 16 * HD], gv[NH * 16 * HD];
     const int len[3] = {5, 16, 1};
     int64_t id[3];
     for (int b = 0; b < 3; b++) {
         kvt_block(k[b], v[b], NH, len[b], &s);
-        CHECK_OK(kvp_cold_put(c, KVP_TYPE_F16, k[b], v[b], len[b], len[b], &id[b]));
-        CHECK(id[b] == b && kvp_cold_len(c, id[b]) == len[b]);
+        CHECK_OK(kvp_tier_put(c, KVP_TYPE_F16, k[b], v[b], len[b], len[b], &id[b]));
+        CHECK(id[b] == b && kvp_tier_len(c, id[b]) == len[b]);
     }
     for (int b = 0; b < 3; b++) {
-        CHECK_OK(kvp_cold_get_f16(c, id[b], gk, gv));
+        CHECK_OK(kvp_tier_get_f16(c, id[b], gk, gv));
         CHECKF(!memcmp(gk, k[b], sizeof(uint16_t) * NH * len[b] * HD) &&
                !memcmp(gv, v[b], sizeof(uint16_t) * NH * len[b] * HD), "%s block %d", spec, b);
     }
     uint64_t two = 0;
-    kvp_cold_rewind(c, 2);
-    two = kvp_cold_bytes(c);
-    kvp_cold_rewind(c, 1);
-    CHECK(kvp_cold_count(c) == 1 && kvp_cold_bytes(c) < two);
-    CHECK_OK(kvp_cold_put(c, KVP_TYPE_F16, k[2], v[2], 1, 1, &id[2]));
+    kvp_tier_rewind(c, 2);
+    two = kvp_tier_bytes(c);
+    kvp_tier_rewind(c, 1);
+    CHECK(kvp_tier_count(c) == 1 && kvp_tier_bytes(c) < two);
+    CHECK_OK(kvp_tier_put(c, KVP_TYPE_F16, k[2], v[2], 1, 1, &id[2]));
     CHECK(id[2] == 1);
-    CHECK_OK(kvp_cold_get_f16(c, 1, gk, gv));
+    CHECK_OK(kvp_tier_get_f16(c, 1, gk, gv));
     CHECK(!memcmp(gk, k[2], sizeof(uint16_t) * NH * HD));
-    kvp_cold_free(c);
+    kvp_tier_free(c);
 }
 
 TEST(select_cold_round_trip_f16_mem) { kvt_cold_round_trip("mem,f16"); }
@@ -379,10 +379,10 @@ TEST(select_cold_round_trip_f16_file) {
     char path[64], spec[80];
     snprintf(path, sizeof path, "/tmp/kvt_cold_%d.bin", (int)getpid());
     snprintf(spec, sizeof spec, "file:%s,f16", path);
-    kvp_cold *c = NULL;
-    CHECK_OK(kvp_cold_new(spec, 1, 8, &c));
+    kvp_tier *c = NULL;
+    CHECK_OK(kvp_tier_new(spec, 1, 8, &c));
     CHECK(access(path, F_OK) == 0);
-    kvp_cold_free(c);
+    kvp_tier_free(c);
     CHECK(access(path, F_OK) != 0); /* removed when the tier closes */
     kvt_cold_round_trip(spec);
 }
@@ -392,20 +392,20 @@ TEST(select_cold_round_trip_f16_file) {
  * decoded rows gives the same bytes. */
 TEST(select_cold_q8_exact) {
     enum { NH = 2, HD = 24, N = 7 };
-    kvp_cold *c = NULL;
-    CHECK_OK(kvp_cold_new("mem", NH, HD, &c));
-    CHECK(!strcmp(kvp_cold_spec(c), "mem;q8"));
+    kvp_tier *c = NULL;
+    CHECK_OK(kvp_tier_new("mem", NH, HD, &c));
+    CHECK(!strcmp(kvp_tier_spec(c), "mem;q8"));
     unsigned long long s = 3;
     uint16_t k[NH * N * HD], v[NH * N * HD];
     kvt_block(k, v, NH, N, &s);
     int64_t id, id2;
-    CHECK_OK(kvp_cold_put(c, KVP_TYPE_F16, k, v, N, N, &id));
+    CHECK_OK(kvp_tier_put(c, KVP_TYPE_F16, k, v, N, N, &id));
     float dk[N * HD], dv[N * HD], x[HD], scale;
     int8_t q[HD];
     for (int h = 0; h < NH; h++) {
-        kvp_cold_read(c, id, h, dk, dv);
+        kvp_tier_read(c, id, h, dk, dv);
         kvp_rows r;
-        kvp_cold_rows(c, id, h, 2, 3, 100, &r);
+        kvp_tier_rows(c, id, h, 2, 3, 100, &r);
         CHECK(r.fmt == KVP_ROWS_Q8 && r.n == 3 && r.pos0 == 100);
         for (int t = 0; t < N; t++) {
             for (int i = 0; i < HD; i++) x[i] = kvp_f16_to_f32(k[(h * N + t) * HD + i]);
@@ -415,11 +415,11 @@ TEST(select_cold_q8_exact) {
         }
     }
     uint16_t gk[NH * N * HD], gv[NH * N * HD], gk2[NH * N * HD], gv2[NH * N * HD];
-    CHECK_OK(kvp_cold_get_f16(c, id, gk, gv));
-    CHECK_OK(kvp_cold_put(c, KVP_TYPE_F16, gk, gv, N, N, &id2));
-    CHECK_OK(kvp_cold_get_f16(c, id2, gk2, gv2));
+    CHECK_OK(kvp_tier_get_f16(c, id, gk, gv));
+    CHECK_OK(kvp_tier_put(c, KVP_TYPE_F16, gk, gv, N, N, &id2));
+    CHECK_OK(kvp_tier_get_f16(c, id2, gk2, gv2));
     CHECK(!memcmp(gk, gk2, sizeof gk) && !memcmp(gv, gv2, sizeof gv));
-    kvp_cold_free(c);
+    kvp_tier_free(c);
 }
 
 /* Truncating a retrieval cache into a cold block brings that block back (F16: exactly). */

@@ -20,6 +20,10 @@ typedef struct {
     const char *model, *tok, *file, *ref, *plot, *kv_help;
     const char *specs[EVAL_MAX_SPECS];
     int n_specs, n_ctx, skip, threads, recall, seqs, csv, json, max_tokens;
+    /* token selection (docs/selection.md): policies crossed with budgets; the recall grid
+     * and the passkey test */
+    const char *selects[EVAL_MAX_SPECS], *select_help, *budget, *cold;
+    int n_selects, grid, passkey, depths;
 } eval_args;
 
 static const char *eval_synopsis =
@@ -45,11 +49,71 @@ static int eval_take_specs(int argc, char **argv, eval_args *a) {
     return out;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Token selection (docs/selection.md): --select crossed with --kv and --budget into
+ * composite specs "KV+POLICY@BUDGET[@COLD]"; the recall grid and the passkey test.
+ * ------------------------------------------------------------------------------------- */
+
+/* Moves every "--select SPEC" out of argv into a->selects (a spec keeps its commas). */
+static int eval_take_selects(int argc, char **argv, eval_args *a) {
+    int out = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--select")) {
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (i + 1 >= argc) return cli_usage_error("eval", "option --select needs a value"), -1;
+        if (a->n_selects == EVAL_MAX_SPECS) return cli_usage_error("eval", "at most %d --select", EVAL_MAX_SPECS), -1;
+        a->selects[a->n_selects++] = argv[++i];
+    }
+    return out;
+}
+
+/* Splits a->budget at commas into budgets (pointers into buf); returns how many. */
+static int eval_budgets(const eval_args *a, char *buf, size_t cap, const char **budgets) {
+    int n = 0;
+    char *save = NULL;
+    snprintf(buf, cap, "%s", a->budget ? a->budget : "");
+    for (char *t = strtok_r(buf, ",", &save); t && n < EVAL_MAX_SPECS; t = strtok_r(NULL, ",", &save)) budgets[n++] = t;
+    return n;
+}
+
+/* Candidates: every --kv spec (f16 when none), then each crossed with every policy and budget. */
+static int eval_compose(eval_args *a) {
+    char buf[256];
+    const char *budgets[EVAL_MAX_SPECS];
+    int nb = eval_budgets(a, buf, sizeof buf, budgets);
+    if (!a->n_selects || !nb) return cli_usage_error("eval", "--select and --budget go together");
+    if (!a->n_specs) a->specs[a->n_specs++] = strdup("f16");
+    for (int k = 0, base = a->n_specs; k < base; k++)
+        for (int s = 0; s < a->n_selects; s++)
+            for (int b = 0; b < nb; b++) {
+                if (a->n_specs == EVAL_MAX_SPECS) return cli_usage_error("eval", "at most %d caches in all", EVAL_MAX_SPECS);
+                char spec[256];
+                snprintf(spec, sizeof spec, "%s+%s@%s%s%s", a->specs[k], a->selects[s], budgets[b], a->cold ? "@" : "",
+                         a->cold ? a->cold : "");
+                a->specs[a->n_specs++] = strdup(spec);
+            }
+    return 0;
+}
+
+static int eval_select_check(eval_args *a) {
+    if (a->grid && a->passkey) return cli_usage_error("eval", "give --grid or --passkey, not both");
+    if (a->grid && (!a->n_selects || !a->budget)) return cli_usage_error("eval", "--grid needs --select and --budget");
+    if (a->grid && a->recall && a->recall != 256 && a->recall != 512 && a->recall != 1024)
+        return cli_usage_error("eval", "--recall is 256, 512 or 1024");
+    if (a->passkey < 0 || a->depths < 0 || a->depths > 16) return cli_usage_error("eval", "--passkey >= 0, --depths 0..16");
+    if (a->plot && (!strstr(a->plot, ".svg") || a->n_selects > 1 || a->passkey))
+        return cli_usage_error("eval", "the recall grid's --plot is one .svg for one --select");
+    return 0;
+}
+
 static int eval_parse(int argc, char **argv, eval_args *a) {
     memset(a, 0, sizeof *a);
     a->threads = 1;
     a->ref = "f32";
     if ((argc = eval_take_specs(argc, argv, a)) < 0) return 2;
+    if ((argc = eval_take_selects(argc, argv, a)) < 0) return 2;
     const cli_opt opts[] = {
         {"-m", "--model", CLI_STR, &a->model, "model file (GGUF or llama2.c checkpoint)"},
         {"-z", "--tokenizer", CLI_STR, &a->tok, "tokenizer .bin for a llama2.c checkpoint"},
@@ -65,16 +129,24 @@ static int eval_parse(int argc, char **argv, eval_args *a) {
         {NULL, "--csv", CLI_FLAG, &a->csv, "print CSV instead of a table"},
         {NULL, "--json", CLI_FLAG, &a->json, "print JSON instead of a table"},
         {NULL, "--plot", CLI_STR, &a->plot, "write a plot against bits per value: .svg, or .png with gnuplot"},
+        {NULL, "--select", CLI_STR, &a->select_help, "token selection policy[:params] for every --kv spec; repeat"},
+        {NULL, "--budget", CLI_STR, &a->budget, "selection budgets, comma-separated: N tokens or P% (25%,50%)"},
+        {NULL, "--cold", CLI_STR, &a->cold, "cold tier of quest/sentencekv: mem (default) or file:PATH"},
+        {NULL, "--grid", CLI_FLAG, &a->grid, "recall grid of each --select: budget x length x depth (--recall L: one length)"},
+        {NULL, "--depths", CLI_INT, &a->depths, "recall grid: depth buckets of the queried pair (default 4)"},
+        {NULL, "--passkey", CLI_INT, &a->passkey, "passkey test with N trials: the full cache, then each --select"},
         {0},
     };
     int rc = cli_parse("eval", eval_synopsis, opts, argc, argv);
     if (rc) return rc;
+    if (a->grid || a->passkey) return eval_select_check(a);
     if (!a->file == !a->recall) return cli_usage_error("eval", "give a text with -f FILE or --recall L (one of them)");
     if (a->csv && a->json) return cli_usage_error("eval", "give --csv or --json, not both");
     if (a->n_ctx < 0 || a->skip < 0 || a->threads < 1 || a->threads > 256 || a->seqs < 0 || a->max_tokens < 0)
         return cli_usage_error("eval", "-c, --skip, --seqs, --max-tokens must be >= 0 and -t 1..256");
     if (a->plot && !strstr(a->plot, ".svg") && !strstr(a->plot, ".png"))
         return cli_usage_error("eval", "--plot writes .svg or .png files, not '%s'", a->plot);
+    if (a->n_selects || a->budget || a->cold) return eval_compose(a);
     return 0;
 }
 
@@ -320,6 +392,47 @@ static int eval_output(const eval_args *a, const kvp_eval_result *res) {
     return strstr(a->plot, ".png") ? eval_write_png(a, res, n) : eval_write_svg(a, res, n);
 }
 
+/* ---- token selection: the recall grid and the passkey test (docs/selection.md) ---- */
+
+static int eval_grid_one(const eval_args *a, kvp_model *m, const char *select, const char *const *budgets, int nb) {
+    static const int all[3] = {256, 512, 1024};
+    eval_bar bar = {cli_now(), 0, isatty(2)};
+    kvp_sel_grid_params p = {a->n_specs ? a->specs[0] : "f16", select, a->cold, budgets, nb, a->recall ? &a->recall : all,
+                             a->recall ? 1 : 3, a->depths ? a->depths : 4, a->seqs, a->threads, eval_progress, &bar};
+    kvp_sel_grid_cell *cells = calloc((size_t)(nb + 1) * 3 * 16, sizeof *cells);
+    char *table = NULL;
+    int rc = cells ? kvp_sel_recall_grid(m, &p, cells) : KVP_ENOMEM;
+    if (rc == 0) rc = kvp_sel_grid_table(&p, cells, &table);
+    if (rc == 0) fputs(table, stdout);
+    if (rc == 0 && a->plot) rc = kvp_sel_grid_svg(a->plot, &p, cells);
+    free(table);
+    free(cells);
+    return rc < 0 ? cli_fail("eval", "recall grid", rc) : 0;
+}
+
+static int eval_passkey_one(const eval_args *a, kvp_model *m, const char *select, const char *budget, int first) {
+    kvp_passkey_params p = {a->n_specs ? a->specs[0] : "f16", select, budget, a->cold, a->n_ctx, a->passkey, 1234,
+                            a->threads};
+    kvp_passkey_result r[2];
+    int rc = kvp_sel_passkey(m, &p, r);
+    if (rc < 0) return cli_fail("eval", "passkey", rc);
+    if (first) printf("passkey, %d-token prompts: full cache %d/%d\n", r[0].n_tokens, r[0].correct, r[0].total);
+    if (select) printf("passkey: %s at %s: %d/%d\n", select, budget, r[1].correct, r[1].total);
+    return 0;
+}
+
+/* --grid or --passkey: every policy (and budget) in turn; the passkey's full-cache line once. */
+static int eval_select_extra(const eval_args *a, kvp_model *m) {
+    char buf[256];
+    const char *budgets[EVAL_MAX_SPECS];
+    int nb = eval_budgets(a, buf, sizeof buf, budgets), rc = 0;
+    for (int s = 0; s < a->n_selects && a->grid && rc == 0; s++) rc = eval_grid_one(a, m, a->selects[s], budgets, nb);
+    if (a->passkey && (!a->n_selects || !nb)) return eval_passkey_one(a, m, NULL, NULL, 1);
+    for (int s = 0; s < a->n_selects && a->passkey && rc == 0; s++)
+        for (int b = 0; b < nb && rc == 0; b++) rc = eval_passkey_one(a, m, a->selects[s], budgets[b], !s && !b);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv) {
     eval_args a;
     kvp_eval_result res[EVAL_MAX_SPECS + 1];
@@ -327,6 +440,7 @@ int cmd_eval(int argc, char **argv) {
     int rc = eval_parse(argc, argv, &a);
     if (rc == 1) rc = -1; /* --help was printed: success */
     if (rc == 0) rc = cli_open_model("eval", a.model, a.tok, &m);
+    if (rc == 0 && (a.grid || a.passkey) && (rc = eval_select_extra(&a, m)) == 0) rc = -1; /* done */
     if (rc == 0) rc = eval_run(&a, m, res);
     if (rc == 0) rc = eval_output(&a, res);
     for (int i = 0; i < a.n_specs; i++) free((void *)a.specs[i]);

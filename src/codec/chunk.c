@@ -20,10 +20,9 @@ static const double kvp_level_alpha[3] = {0.80, 0.40, 0.16};
 
 float kvp_codec_step(int level, int is_value, double rms, double qk) {
     double tau = kvp_level_tau[level - KVP_LEVEL_LOW], alpha = kvp_level_alpha[level - KVP_LEVEL_LOW];
-    if (getenv("KVP_EXP_TAU")) tau *= atof(getenv("KVP_EXP_TAU")); /* EXPERIMENT-ONLY */
-    if (getenv("KVP_EXP_AV")) alpha *= atof(getenv("KVP_EXP_AV"));
-    /* keys: the logit error of a query q is about |q| step / sqrt(12 head_dim) per head dim, so
-     * step = tau sqrt(12) / rms(q), with rms(q) estimated as rms(K) * qk */
+    /* keys: uniform errors of a step s move the logit q.k / sqrt(head_dim) by a standard
+     * deviation |q| s / sqrt(12 head_dim) = rms(q) s / sqrt(12), so s = tau sqrt(12) / rms(q),
+     * with rms(q) estimated as rms(K) * qk */
     double step = is_value ? alpha * rms : tau * 3.4641016151377544 / (rms * qk);
     return step > 1e-30 && step < 1e30 ? (float)step : 1.0f;
 }

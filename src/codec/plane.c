@@ -24,6 +24,7 @@ static int kvp_plane_work_channels(kvp_plane_work *w, size_t d) {
     KVP_TRY(kvp_grow((void **)&w->cost, 2 * d * sizeof *w->cost));
     KVP_TRY(kvp_grow((void **)&w->mode, d));
     KVP_TRY(kvp_grow((void **)&w->cls, d));
+    KVP_TRY(kvp_grow((void **)&w->tabp, d * sizeof *w->tabp));
     w->n_channels = d;
     return KVP_OK;
 }
@@ -43,9 +44,11 @@ int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d) {
 }
 
 void kvp_plane_work_free(kvp_plane_work *w) {
-    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->cost, w->mode, w->cls, w->tables};
+    int ref = w->ref;
+    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->cost, w->mode, w->cls, w->tables, (void *)w->tabp};
     for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
     memset(w, 0, sizeof *w);
+    w->ref = ref;
 }
 
 size_t kvp_plane_bound(int n, int d) {
@@ -86,7 +89,7 @@ static int kvp_plane_quantize_lossy(const float *x, size_t N, float step, int32_
     for (size_t i = 0; i < N; i++) {
         if (!isfinite(x[i])) return kvp_seterr(KVP_EINVAL, "KV value %zu is not finite (%g): lossy levels need finite values", i, x[i]);
         float v = x[i] * inv;
-        v = v > lim ? lim : v < -lim ? -lim : v;
+        v = v > lim - 1 ? lim - 1 : v < -lim ? -lim : v;
         q[i] = (int32_t)lrintf(v);
     }
     return KVP_OK;
@@ -322,7 +325,7 @@ static int kvp_plane_read_side(const uint8_t *p, const kvp_plane_head *h, int d,
 /* Decodes one value's integer: symbol, raw bits, prediction. Sets *bad when out of range. */
 static inline int64_t kvp_plane_value(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_work *w, int c, int lane,
                                       int64_t *pred) {
-    int sym = kvp_rans_dec_get(rd, lane, w->tables + (size_t)w->cls[c] * KVP_RANS_TOTAL);
+    int sym = kvp_rans_dec_get(rd, lane, w->tabp[c]);
     uint32_t u = (uint32_t)sym;
     if (sym >= 32) {
         int nb;
@@ -334,28 +337,90 @@ static inline int64_t kvp_plane_value(kvp_rans_dec *rd, kvp_bitr *raw, const kvp
     return q;
 }
 
-static int kvp_plane_values(const uint8_t *rs, const uint8_t *raws, const kvp_plane_head *h, int n, int d,
-                            float *x, kvp_plane_work *w) {
-    kvp_rans_dec rd;
-    KVP_TRY(kvp_rans_dec_init(&rd, rs, h->rans));
-    kvp_bitr raw;
-    kvp_bitr_init(&raw, raws, h->raw);
+/* The fast path of lossy planes whose width is a multiple of 4: value c of a row uses state
+ * c % 4, kept in a register. Same results as the general loop. */
+static inline int64_t kvp_lossy_one(uint32_t *x, const uint8_t **p, const uint8_t *end, int *overrun,
+                                    const uint32_t *table, kvp_bitr *raw, int64_t *pred, int64_t mask) {
+    uint32_t s = *x, ent = table[s & (KVP_RANS_TOTAL - 1)];
+    s = ((ent >> 7) & 0x1fff) * (s >> KVP_RANS_BITS) + (ent >> 20);
+    if (s < KVP_RANS_L) {
+        if (end - *p >= 2) {
+            s = (s << 16) | kvp_rd16(*p);
+            *p += 2;
+        } else {
+            *overrun = 1;
+            s = (s << 16) | 0x8000u;
+        }
+    }
+    *x = s;
+    uint32_t u = ent & 127;
+    if (u >= 32) {
+        int nb;
+        u = kvp_sym_base((int)u, &nb) | kvp_bitr_get(raw, nb);
+    }
+    int64_t q = *pred + kvp_unzigzag(u);
+    *pred ^= (*pred ^ q) & mask;
+    return q;
+}
+
+static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, int n, int d, float step, float *out,
+                                 kvp_plane_work *w) {
+    uint32_t x0 = rd->x[0], x1 = rd->x[1], x2 = rd->x[2], x3 = rd->x[3];
+    const uint8_t *p = rd->p, *end = rd->end;
+    int overrun = 0;
+    uint64_t bad = 0;
+    const uint32_t **tp = w->tabp;
+    int64_t *pred = w->pred, *mask = w->mask;
+    for (int t = 0; t < n; t++, out += d)
+        for (int c = 0; c < d; c += 4) {
+            int64_t q0 = kvp_lossy_one(&x0, &p, end, &overrun, tp[c], raw, &pred[c], mask[c]);
+            int64_t q1 = kvp_lossy_one(&x1, &p, end, &overrun, tp[c + 1], raw, &pred[c + 1], mask[c + 1]);
+            int64_t q2 = kvp_lossy_one(&x2, &p, end, &overrun, tp[c + 2], raw, &pred[c + 2], mask[c + 2]);
+            int64_t q3 = kvp_lossy_one(&x3, &p, end, &overrun, tp[c + 3], raw, &pred[c + 3], mask[c + 3]);
+            bad |= (uint64_t)(q0 + KVP_PLANE_QMAX) | (uint64_t)(q1 + KVP_PLANE_QMAX) | (uint64_t)(q2 + KVP_PLANE_QMAX) |
+                   (uint64_t)(q3 + KVP_PLANE_QMAX);
+            out[c] = (float)q0 * step;
+            out[c + 1] = (float)q1 * step;
+            out[c + 2] = (float)q2 * step;
+            out[c + 3] = (float)q3 * step;
+        }
+    rd->x[0] = x0, rd->x[1] = x1, rd->x[2] = x2, rd->x[3] = x3;
+    rd->p = p;
+    rd->overrun |= overrun;
+    return bad >> 23; /* non-zero when some q + QMAX is negative or >= 2^23, i.e. q outside [-QMAX, QMAX) */
+}
+
+/* The general loop: any width, any kind. */
+static uint64_t kvp_plane_general(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_head *h, int n, int d, float *x,
+                                  kvp_plane_work *w) {
     int64_t lo = h->kind == KVP_PLANE_LOSSY ? -KVP_PLANE_QMAX : -32768;
-    int64_t hi = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX : 32767;
+    int64_t hi = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX - 1 : 32767;
     uint64_t bad = 0;
     size_t i = 0;
     for (int t = 0; t < n; t++)
         for (int c = 0; c < d; c++, i++) {
-            int64_t q = kvp_plane_value(&rd, &raw, w, c, (int)(i & (KVP_RANS_LANES - 1)), &w->pred[c]);
+            int64_t q = kvp_plane_value(rd, raw, w, c, (int)(i & (KVP_RANS_LANES - 1)), &w->pred[c]);
             bad |= (uint64_t)(q - lo) > (uint64_t)(hi - lo);
             if (h->kind == KVP_PLANE_LOSSY)
                 x[i] = (float)q * h->step;
             else if (h->kind == KVP_PLANE_EXACT16)
                 x[i] = kvp_f16_to_f32(kvp_unord16(q));
             else
-                x[i] = kvp_bits_f32((uint32_t)kvp_unord16(q) << 16 | kvp_bitr_get(&raw, 16));
+                x[i] = kvp_bits_f32((uint32_t)kvp_unord16(q) << 16 | kvp_bitr_get(raw, 16));
         }
-    if (bad) return kvp_seterr(KVP_EFORMAT, "plane decodes to values outside [%lld, %lld]", (long long)lo, (long long)hi);
+    return bad;
+}
+
+static int kvp_plane_values(const uint8_t *rs, const uint8_t *raws, const kvp_plane_head *h, int n, int d,
+                            float *x, kvp_plane_work *w) {
+    kvp_rans_dec rd;
+    KVP_TRY(kvp_rans_dec_init(&rd, rs, h->rans));
+    kvp_bitr raw;
+    kvp_bitr_init(&raw, raws, h->raw);
+    for (int c = 0; c < d; c++) w->tabp[c] = w->tables + (size_t)w->cls[c] * KVP_RANS_TOTAL;
+    uint64_t bad = h->kind == KVP_PLANE_LOSSY && d % 4 == 0 && !w->ref ? kvp_plane_lossy4(&rd, &raw, n, d, h->step, x, w)
+                                                           : kvp_plane_general(&rd, &raw, h, n, d, x, w);
+    if (bad) return kvp_seterr(KVP_EFORMAT, "plane decodes to values out of range");
     KVP_TRY(kvp_rans_dec_finish(&rd));
     return kvp_bitr_done(&raw, "raw bits");
 }

@@ -4,7 +4,7 @@
  * the bytes; docs/codec.md explains the choices.
  *
  * Each value becomes an integer q:
- *   - lossy:    q = round(x / step), |q| <= KVP_PLANE_QMAX; it decodes to q * step, so the
+ *   - lossy:    q = round(x / step), -QMAX <= q < QMAX; it decodes to q * step, so the
  *               error is at most step / 2 (then the cache rounds to its own type).
  *   - exact16:  q is the ordered form of the value's F16 bits (every value must be exactly an
  *               F16), so the plane decodes bit-exact.
@@ -31,6 +31,7 @@ enum { KVP_PLANE_LOSSY = 0, KVP_PLANE_EXACT16 = 1, KVP_PLANE_EXACT32 = 2 };
 #define KVP_PLANE_MAX_CLASSES 8
 #define KVP_PLANE_CLASS_VALUES 4096 /* the encoder makes one class per this many values, up to 8 */
 
+
 /* Scratch memory for encoding and decoding planes, grown on demand and reused. */
 typedef struct kvp_plane_work {
     size_t n_values, n_channels;
@@ -44,7 +45,10 @@ typedef struct kvp_plane_work {
     uint64_t *cost;   /* (2 n_channels) encoder: residual sizes of the two modes, then sort keys */
     uint8_t *mode, *cls;       /* (n_channels) */
     uint32_t *tables;          /* (KVP_PLANE_MAX_CLASSES, KVP_RANS_TOTAL) decoding tables */
+    const uint32_t **tabp;     /* (n_channels) decoder: each channel's table */
     kvp_rans_model models[KVP_PLANE_MAX_CLASSES];
+    int ref;                   /* decode with the general loop (the reference twin of the fast
+                                * path for lossy planes of a width divisible by 4); for tests */
 } kvp_plane_work;
 
 /* Makes room for planes of n rows of d channels. */

@@ -23,7 +23,7 @@
 
 #include "hash.h"
 
-#define KVP_RANS_BITS 12
+#define KVP_RANS_BITS 11
 #define KVP_RANS_TOTAL (1u << KVP_RANS_BITS)
 #define KVP_RANS_L (1u << 16)
 #define KVP_RANS_LANES 4

@@ -154,7 +154,18 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
  * KVP_PF_DIST bytes ahead of it into L1. The hardware prefetcher alone reaches only about
  * two thirds of the DRAM bandwidth for this access pattern (measured on Zen 5), and tiles of
  * several rows read in parallel (several short streams) do worse. */
+#ifndef KVP_PF_DIST
 #define KVP_PF_DIST 4096
+#endif
+#ifndef KVP_PF_FAR
+#define KVP_PF_FAR 0
+#endif
+/* Prefetches the line p + KVP_PF_DIST into L1 and, when KVP_PF_FAR is set, p + KVP_PF_FAR
+ * into L2. */
+KVP_AI void kvp_prefetch(const char *p) {
+    _mm_prefetch(p + KVP_PF_DIST, _MM_HINT_T0);
+    if (KVP_PF_FAR) _mm_prefetch(p + KVP_PF_FAR, _MM_HINT_T1);
+}
 
 /* Decode: y[r] = dot(W[r], x) for the 4 rows at w, read one after the other, with 4
  * accumulators per row. */
@@ -170,7 +181,7 @@ KVP_AI void kvp_fgemv4(const int et, const char *w, size_t wrow, const float *x,
         for (; k + 64 <= cols; k += 64) {
             const char *p = wr + (size_t)k * es;
 #pragma GCC unroll 4
-            for (size_t o = 0; o < 64 * es; o += 64) _mm_prefetch(p + KVP_PF_DIST + o, _MM_HINT_T0);
+            for (size_t o = 0; o < 64 * es; o += 64) kvp_prefetch(p + o);
             a0 = _mm512_fmadd_ps(kvp_ld(et, p), _mm512_loadu_ps(x + k), a0);
             a1 = _mm512_fmadd_ps(kvp_ld(et, p + 16 * es), _mm512_loadu_ps(x + k + 16), a1);
             a2 = _mm512_fmadd_ps(kvp_ld(et, p + 32 * es), _mm512_loadu_ps(x + k + 32), a2);
@@ -375,7 +386,7 @@ KVP_AI __m512 kvp_qgemv_row(const int qt, const char *wr, const kvp_qstep *st, i
     for (; b + 4 <= nb; b += 4, st += 2) {
         const char *p = wr + (size_t)b * bs;
 #pragma GCC unroll 4
-        for (int o = 0; o < 4 * bs; o += 64) _mm_prefetch(p + KVP_PF_DIST + o, _MM_HINT_T0);
+        for (int o = 0; o < 4 * bs; o += 64) kvp_prefetch(p + o);
         __m512i q0, q1;
         __m512 d0, d1;
         kvp_qload(qt, wr, b, 1, &q0, &d0);

@@ -100,41 +100,69 @@ void kvp_kvq_values_ref(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch,
 
 /* s[i] and m[i] of a parameter set (kvq.h). */
 static float kvp_kvq_s(const kvp_kvq_par *p, int i) {
-    return p->sc ? p->d * (float)p->sc[i] : p->s ? p->s[i] : 1.0f;
+    return p->sc ? kvp_f16_to_f32(p->sup[0]) * (float)p->sc[i] : p->s ? p->s[i] : 1.0f;
 }
 
 static float kvp_kvq_m(const kvp_kvq_par *p, int i) {
-    float m = p->sc ? p->mlo + p->dm * (float)p->mc[i] : p->m ? p->m[i] : 1.0f;
+    float m = p->sc ? kvp_f16_to_f32(p->sup[1]) + kvp_f16_to_f32(p->sup[2]) * (float)p->mc[i] : p->m ? p->m[i] : 1.0f;
     return m + p->m_add_s * kvp_kvq_s(p, i);
 }
 
-float kvp_kvq_query_ref(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
-    float amax = 0;
-    double b = 0;
-    for (int c = 0; c < n; c++) {
-        float u = q[c] * kvp_kvq_s(p, c);
-        amax = fabsf(u) > amax ? fabsf(u) : amax;
-        b += (double)q[c] * kvp_kvq_m(p, c);
-    }
-    float inv = amax > 0 ? 127.0f / amax : 0.0f;
-    for (int c = 0; c < n; c++) iq[c] = (int8_t)nearbyintf(q[c] * kvp_kvq_s(p, c) * inv);
-    for (int c = n; c % 4; c++) iq[c] = 0;
-    *bias = (float)b;
-    return amax / 127.0f;
+/* The byte of x / d rounded to nearest within [lo, hi] (0 when d is 0). */
+static int kvp_kvq_round(float x, float inv, int lo, int hi) {
+    float r = nearbyintf(x * inv);
+    return r < (float)lo ? lo : r > (float)hi ? hi : (int)r;
 }
 
-float kvp_kvq_weights_ref(const float *w, const kvp_kvq_par *p, int n, uint8_t *bq, float *bias) {
-    float umax = 0;
-    double b = 0;
-    for (int t = 0; t < n; t++) {
-        float u = w[t] * kvp_kvq_s(p, t);
-        umax = u > umax ? u : umax;
-        b += (double)w[t] * kvp_kvq_m(p, t);
+void kvp_kvq_query_ref(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                       const kvp_kvq_bytes *o) {
+    for (int j = 0; j < nq; j++) {
+        const float *q = Q + (size_t)j * ldq;
+        int8_t *x = (int8_t *)o->x + (size_t)j * o->ld, *lo = o->lo ? (int8_t *)o->lo + (size_t)j * o->ld : NULL;
+        float amax = 0;
+        double b = 0;
+        for (int c = 0; c < n; c++) {
+            float u = q[c] * kvp_kvq_s(p, c);
+            amax = fabsf(u) > amax ? fabsf(u) : amax;
+            b += (double)q[c] * kvp_kvq_m(p, c);
+        }
+        float d = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int c = 0; c < n; c++) {
+            float u = q[c] * kvp_kvq_s(p, c);
+            x[c] = (int8_t)kvp_kvq_round(u, inv, -127, 127);
+            if (lo) lo[c] = (int8_t)kvp_kvq_round(u - d * (float)x[c], inv * 256.0f, -127, 127);
+        }
+        for (int c = n; c % 4; c++) x[c] = lo ? (lo[c] = 0) : 0;
+        o->alpha[j] = scale * d;
+        o->beta[j] = scale * (float)b;
     }
-    float inv = umax > 0 ? 255.0f / umax : 0.0f;
-    for (int t = 0; t < n; t++) bq[t] = (uint8_t)nearbyintf(w[t] * kvp_kvq_s(p, t) * inv);
-    *bias = (float)b;
-    return umax / 255.0f;
+}
+
+void kvp_kvq_weights_ref(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, const kvp_kvq_bytes *o) {
+    for (int j = 0; j < nq; j++) {
+        const float *w = P + (size_t)j * ldp;
+        uint8_t *x = (uint8_t *)o->x + (size_t)j * o->ld, *lo = o->lo ? (uint8_t *)o->lo + (size_t)j * o->ld : NULL;
+        float umax = 0;
+        double b = 0;
+        for (int t = 0; t < n; t++) {
+            float u = w[t] * kvp_kvq_s(p, t);
+            umax = u > umax ? u : umax;
+            b += (double)w[t] * kvp_kvq_m(p, t);
+        }
+        float d = umax / 255.0f, inv = umax > 0 ? 255.0f / umax : 0.0f;
+        for (int t = 0; t < n; t++) {
+            float u = w[t] * kvp_kvq_s(p, t);
+            if (!lo) {
+                x[t] = (uint8_t)kvp_kvq_round(u, inv, 0, 255);
+                continue;
+            }
+            float f = floorf(u * inv);
+            x[t] = (uint8_t)(f < 0 ? 0 : f > 255 ? 255 : f);
+            lo[t] = (uint8_t)kvp_kvq_round(u - d * (float)x[t], inv * 255.0f, 0, 255);
+        }
+        o->alpha[j] = d;
+        o->beta[j] = (float)b;
+    }
 }
 
 void kvp_kvq_softmax_ref(float *x, int n) {
@@ -206,12 +234,13 @@ void kvp_kvq_values(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, flo
     if (n_ch > 0 && w->nq > 0) kvp_kvq_active()->values(v, w, n_ch, Y, ldy);
 }
 
-float kvp_kvq_query(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
-    return kvp_kvq_active()->query(q, p, n, iq, bias);
+void kvp_kvq_query(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                   const kvp_kvq_bytes *o) {
+    if (nq > 0 && n > 0) kvp_kvq_active()->query(Q, ldq, nq, p, n, scale, o);
 }
 
-float kvp_kvq_weights(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias) {
-    return kvp_kvq_active()->weights(w, p, n, b, bias);
+void kvp_kvq_weights(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, const kvp_kvq_bytes *o) {
+    if (nq > 0 && n > 0) kvp_kvq_active()->weights(P, ldp, nq, p, n, o);
 }
 
 void kvp_kvq_softmax(float *x, int n) {

@@ -21,10 +21,12 @@
  * 8 channels per unit. Codes are signed bytes (b < 8 codes are small and non-negative;
  * b = 8 codes are stored minus 128), attention weights unsigned bytes.
  *
- * The integer sums are exact. Queries and attention weights enter as 8-bit integers with a
- * float scale per row (kvp_kvq_query, kvp_kvq_weights), as llama.cpp's quantized caches
- * multiply 8-bit activations: relative rounding of at most 1/254 (queries) and 1/510
- * (weights) of the largest element of a row of a tile.
+ * The integer sums are exact. Queries and attention weights enter as bytes with a float
+ * scale per row (kvp_kvq_query, kvp_kvq_weights): one byte plane rounds them to 1/254
+ * (queries) or 1/510 (weights) of the row's largest element, as llama.cpp's quantized
+ * caches round activations to 8 bits; a second plane holding the rounding residual,
+ * multiplied by the same codes, brings that to about 1/65000: attention on packed tiles
+ * then equals attention over the dequantized values to float tolerance.
  *
  * Every kernel has a plain C `_ref` twin that defines its result; the AVX2 and AVX-512
  * versions are chosen at run time with the rest of the kernels (KVP_ISA lowers the choice).
@@ -83,27 +85,42 @@ void kvp_kvq_values(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, flo
 void kvp_kvq_values_ref(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy);
 
 /* Group parameters as the caches keep them, for n groups: two-level codes (sc != NULL)
- *   s[i] = d * sc[i],   m[i] = mlo + dm * mc[i] + m_add_s * s[i]
+ *   s[i] = d * sc[i],   m[i] = mlo + dm * mc[i] + m_add_s * s[i],   sup = {d, mlo, dm} in F16
  * or float arrays (sc == NULL): s[i] = s ? s[i] : 1, m[i] = (m ? m[i] : 1) + m_add_s * s[i].
  * m_add_s is 128 for 8-bit value codes (stored minus 128), else 0. */
 typedef struct kvp_kvq_par {
     const uint8_t *sc, *mc;
-    float d, mlo, dm;
+    const uint16_t *sup;
     const float *s, *m;
     float m_add_s;
 } kvp_kvq_par;
 
-/* Quantizes one query row for a key tile: u[c] = q[c] * s[c] for c < n, iq[c] =
- * round(u[c] / d) in [-127, 127] with d = max|u| / 127 (d = 0, iq = 0 when u = 0), and
- * iq[c] = 0 for c in [n, round_up(n, 4)). Sets *bias = sum q[c] * m[c] and returns d. */
-float kvp_kvq_query(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias);
-float kvp_kvq_query_ref(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias);
+/* Byte rows made from float rows, with their factors: plane `x` (and, when lo is not NULL,
+ * the residual plane `lo`), ld bytes apart, and per row alpha (the scale of plane x) and
+ * beta (the bias). The residual plane's scale is alpha / 256 for queries, alpha / 255 for
+ * weights. */
+typedef struct kvp_kvq_bytes {
+    void *x, *lo;
+    int ld;
+    float *alpha, *beta;
+} kvp_kvq_bytes;
 
-/* Quantizes one row of attention weights for a value tile: u[t] = w[t] * s[t] (w, s >= 0),
- * b[t] = round(u[t] / d) in [0, 255] with d = max u / 255 (0 when u = 0), t < n. Sets
- * *bias = sum w[t] * m[t] and returns d. */
-float kvp_kvq_weights(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias);
-float kvp_kvq_weights_ref(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias);
+/* Quantizes nq query rows Q (ldq floats apart) for a key tile. For row j, with
+ * u[c] = Q[j][c] * s[c] (c < n) and d_j = max|u| / 127: x[c] = round(u[c] / d_j) in
+ * [-127, 127] (0 when u = 0); with lo, lo[c] = round((u[c] - d_j x[c]) * 256 / d_j) clamped
+ * to [-127, 127]; both are 0 for c in [n, round_up(n, 4)). alpha[j] = scale * d_j and
+ * beta[j] = scale * sum_c Q[j][c] * m[c]. */
+void kvp_kvq_query(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                   const kvp_kvq_bytes *o);
+void kvp_kvq_query_ref(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                       const kvp_kvq_bytes *o);
+
+/* Quantizes nq rows of attention weights P (ldp floats apart, >= 0) for a value tile. For
+ * row j, with u[t] = P[j][t] * s[t] (t < n) and d_j = max u / 255: x[t] = round(u[t] / d_j)
+ * in [0, 255] without lo; with lo, x[t] = floor(u[t] / d_j) and lo[t] = round((u[t] - d_j
+ * x[t]) * 255 / d_j) in [0, 255]. alpha[j] = d_j, beta[j] = sum_t P[j][t] * m[t]. */
+void kvp_kvq_weights(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, const kvp_kvq_bytes *o);
+void kvp_kvq_weights_ref(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, const kvp_kvq_bytes *o);
 
 /* In-place softmax of n scores (n >= 1): x[i] = e^(x[i] - max) / sum; every x[i] = 0 when
  * the largest is -infinity. */
@@ -115,8 +132,8 @@ typedef struct kvp_kvq_table {
     const char *isa;
     void (*scores)(const kvp_kvq_ktile *k, const kvp_kvq_rows *q, float *S, int lds, int accum);
     void (*values)(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy);
-    float (*query)(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias);
-    float (*weights)(const float *w, const kvp_kvq_par *p, int n, uint8_t *b, float *bias);
+    void (*query)(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale, const kvp_kvq_bytes *o);
+    void (*weights)(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, const kvp_kvq_bytes *o);
     void (*softmax)(float *x, int n);
 } kvp_kvq_table;
 

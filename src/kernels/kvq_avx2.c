@@ -246,8 +246,25 @@ static float kvq_hsum(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
+/* A parameter set with its F16 super numbers converted. */
+typedef struct {
+    const uint8_t *sc, *mc;
+    const float *s, *m;
+    float d, mlo, dm, madd;
+} kvq_pv;
+
+KVP_AI kvq_pv kvq_resolve(const kvp_kvq_par *p) {
+    kvq_pv v = {p->sc, p->mc, p->s, p->m, 0, 0, 0, p->m_add_s};
+    if (p->sc) {
+        v.d = _cvtsh_ss(p->sup[0]);
+        v.mlo = _cvtsh_ss(p->sup[1]);
+        v.dm = _cvtsh_ss(p->sup[2]);
+    }
+    return v;
+}
+
 /* s and m (kvq.h, kvp_kvq_par) of the lanes [i, i + 8) in mask k (n_lanes of them). */
-KVP_AI void kvq_par8(const kvp_kvq_par *p, int i, int n_lanes, __m256i k, __m256 *s, __m256 *m) {
+KVP_AI void kvq_par8(const kvq_pv *p, int i, int n_lanes, __m256i k, __m256 *s, __m256 *m) {
     if (p->sc) {
         uint8_t sb[8] = {0}, mb[8] = {0};
         memcpy(sb, p->sc + i, (size_t)KVP_MIN(8, n_lanes));
@@ -260,7 +277,7 @@ KVP_AI void kvq_par8(const kvp_kvq_par *p, int i, int n_lanes, __m256i k, __m256
         *s = p->s ? _mm256_maskload_ps(p->s + i, k) : _mm256_set1_ps(1.0f);
         *m = p->m ? _mm256_maskload_ps(p->m + i, k) : _mm256_set1_ps(1.0f);
     }
-    if (p->m_add_s != 0) *m = _mm256_fmadd_ps(_mm256_set1_ps(p->m_add_s), *s, *m);
+    if (p->madd != 0) *m = _mm256_fmadd_ps(_mm256_set1_ps(p->madd), *s, *m);
 }
 
 /* Rounds u * inv (8 lanes, the first n_lanes kept) to int32 and stores them as bytes. */
@@ -272,7 +289,8 @@ KVP_AI void kvq_store_bytes(__m256 u, __m256 inv, int n_lanes, int sgn, void *ds
     memcpy(dst, b, (size_t)KVP_MIN(8, n_lanes));
 }
 
-static float kvp_kvq_query_avx2(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
+static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, int8_t *iq, float *alpha,
+                          float *beta) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps(), s, m;
     for (int c = 0; c < n; c += 8) {
@@ -290,11 +308,18 @@ static float kvp_kvq_query_avx2(const float *q, const kvp_kvq_par *p, int n, int
         kvq_store_bytes(_mm256_mul_ps(_mm256_maskload_ps(q + c, k), s), inv, n - c, 1, iq + c);
     }
     for (int c = n; c % 4; c++) iq[c] = 0;
-    *bias = kvq_hsum(vb);
-    return amax / 127.0f;
+    *alpha = scale * (amax / 127.0f);
+    *beta = scale * kvq_hsum(vb);
 }
 
-static float kvp_kvq_weights_avx2(const float *w, const kvp_kvq_par *p, int n, uint8_t *bq, float *bias) {
+static void kvp_kvq_query_avx2(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                               int8_t *iq, int ldiq, float *alpha, float *beta) {
+    const kvq_pv v = kvq_resolve(p);
+    for (int j = 0; j < nq; j++)
+        kvq_query_row(Q + (size_t)j * ldq, &v, n, scale, iq + (size_t)j * ldiq, &alpha[j], &beta[j]);
+}
+
+static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *bq, float *alpha, float *beta) {
     __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps(), s, m;
     for (int t = 0; t < n; t += 8) {
         const __m256i k = kvq_mask8(n - t);
@@ -310,13 +335,20 @@ static float kvp_kvq_weights_avx2(const float *w, const kvp_kvq_par *p, int n, u
         kvq_par8(p, t, n - t, k, &s, &m);
         kvq_store_bytes(_mm256_mul_ps(_mm256_maskload_ps(w + t, k), s), inv, n - t, 0, bq + t);
     }
-    *bias = kvq_hsum(vb);
-    return umax / 255.0f;
+    *alpha = umax / 255.0f;
+    *beta = kvq_hsum(vb);
 }
 
-/* e^x for x <= 0 (lanes below -87.3 give about 1e-38), as in kvq_avx512.c, with 2^n built
+static void kvp_kvq_weights_avx2(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, uint8_t *w,
+                                 int ldw, float *alpha, float *beta) {
+    const kvq_pv v = kvq_resolve(p);
+    for (int j = 0; j < nq; j++) kvq_weights_row(P + (size_t)j * ldp, &v, n, w + (size_t)j * ldw, &alpha[j], &beta[j]);
+}
+
+/* e^x for x <= 0 (0 below -87.3 and for NaN), as in kvq_avx512.c, with 2^n built
  * in the exponent field. */
 KVP_AI __m256 kvq_exp(__m256 x) {
+    const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ); /* else 0 (and NaN) */
     x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -331,7 +363,7 @@ KVP_AI __m256 kvq_exp(__m256 x) {
     e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f));
     e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(1.0f));
     const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(e, _mm256_castsi256_ps(two_n));
+    return _mm256_and_ps(live, _mm256_mul_ps(e, _mm256_castsi256_ps(two_n)));
 }
 
 static void kvp_kvq_softmax_avx2(float *x, int n) {

@@ -217,8 +217,25 @@ static void kvp_kvq_values_avx512(const kvp_kvq_vtile *v, const kvp_kvq_rows *w,
 
 KVP_AI __mmask16 kvq_tail(int c, int n) { return c + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - c)) - 1u); }
 
+/* A parameter set with its F16 super numbers converted. */
+typedef struct {
+    const uint8_t *sc, *mc;
+    const float *s, *m;
+    float d, mlo, dm, madd;
+} kvq_pv;
+
+KVP_AI kvq_pv kvq_resolve(const kvp_kvq_par *p) {
+    kvq_pv v = {p->sc, p->mc, p->s, p->m, 0, 0, 0, p->m_add_s};
+    if (p->sc) {
+        v.d = _cvtsh_ss(p->sup[0]);
+        v.mlo = _cvtsh_ss(p->sup[1]);
+        v.dm = _cvtsh_ss(p->sup[2]);
+    }
+    return v;
+}
+
 /* s and m (kvq.h, kvp_kvq_par) of the lanes [i, i + 16) in mask k. */
-KVP_AI void kvq_par16(const kvp_kvq_par *p, int i, __mmask16 k, __m512 *s, __m512 *m) {
+KVP_AI void kvq_par16(const kvq_pv *p, int i, __mmask16 k, __m512 *s, __m512 *m) {
     if (p->sc) {
         const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, p->sc + i)));
         const __m512 mc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, p->mc + i)));
@@ -228,10 +245,27 @@ KVP_AI void kvq_par16(const kvp_kvq_par *p, int i, __mmask16 k, __m512 *s, __m51
         *s = p->s ? _mm512_maskz_loadu_ps(k, p->s + i) : _mm512_set1_ps(1.0f);
         *m = p->m ? _mm512_maskz_loadu_ps(k, p->m + i) : _mm512_set1_ps(1.0f);
     }
-    if (p->m_add_s != 0) *m = _mm512_fmadd_ps(_mm512_set1_ps(p->m_add_s), *s, *m);
+    if (p->madd != 0) *m = _mm512_fmadd_ps(_mm512_set1_ps(p->madd), *s, *m);
 }
 
-static float kvp_kvq_query_avx512(const float *q, const kvp_kvq_par *p, int n, int8_t *iq, float *bias) {
+#define KVQ_PBUF 512 /* groups whose s and m are decoded once for all rows */
+
+/* Decodes s and m of n <= KVQ_PBUF groups into sb, mb and returns the float view of them. */
+static kvq_pv kvq_decode_par(const kvp_kvq_par *p, int n, float *sb, float *mb) {
+    kvq_pv v = kvq_resolve(p);
+    if (n > KVQ_PBUF) return v;
+    for (int i = 0; i < n; i += 16) {
+        __m512 s, m;
+        const __mmask16 k = kvq_tail(i, n);
+        kvq_par16(&v, i, k, &s, &m);
+        _mm512_mask_storeu_ps(sb + i, k, s);
+        _mm512_mask_storeu_ps(mb + i, k, m);
+    }
+    return (kvq_pv){NULL, NULL, sb, mb, 0, 0, 0, 0};
+}
+
+static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, int8_t *iq, float *alpha,
+                          float *beta) {
     __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps(), s, m;
     for (int c = 0; c < n; c += 16) {
         const __mmask16 k = kvq_tail(c, n);
@@ -249,11 +283,19 @@ static float kvp_kvq_query_avx512(const float *q, const kvp_kvq_par *p, int n, i
         _mm512_mask_cvtsepi32_storeu_epi8(iq + c, k, _mm512_cvtps_epi32(_mm512_mul_ps(u, inv)));
     }
     for (int c = n; c % 4; c++) iq[c] = 0;
-    *bias = _mm512_reduce_add_ps(vb);
-    return amax / 127.0f;
+    *alpha = scale * (amax / 127.0f);
+    *beta = scale * _mm512_reduce_add_ps(vb);
 }
 
-static float kvp_kvq_weights_avx512(const float *w, const kvp_kvq_par *p, int n, uint8_t *bq, float *bias) {
+static void kvp_kvq_query_avx512(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                                 int8_t *iq, int ldiq, float *alpha, float *beta) {
+    float sb[KVQ_PBUF], mb[KVQ_PBUF];
+    const kvq_pv v = nq > 1 ? kvq_decode_par(p, n, sb, mb) : kvq_resolve(p);
+    for (int j = 0; j < nq; j++)
+        kvq_query_row(Q + (size_t)j * ldq, &v, n, scale, iq + (size_t)j * ldiq, &alpha[j], &beta[j]);
+}
+
+static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *bq, float *alpha, float *beta) {
     __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps(), s, m;
     for (int t = 0; t < n; t += 16) {
         const __mmask16 k = kvq_tail(t, n);
@@ -270,13 +312,21 @@ static float kvp_kvq_weights_avx512(const float *w, const kvp_kvq_par *p, int n,
         const __m512 u = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + t), s);
         _mm512_mask_cvtusepi32_storeu_epi8(bq + t, k, _mm512_cvtps_epu32(_mm512_mul_ps(u, inv)));
     }
-    *bias = _mm512_reduce_add_ps(vb);
-    return umax / 255.0f;
+    *alpha = umax / 255.0f;
+    *beta = _mm512_reduce_add_ps(vb);
 }
 
-/* e^x for x <= 0 (lanes below -87.3 give about 1e-38): x = n ln2 + r, e^r by its Taylor
+static void kvp_kvq_weights_avx512(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, uint8_t *w,
+                                   int ldw, float *alpha, float *beta) {
+    float sb[KVQ_PBUF], mb[KVQ_PBUF];
+    const kvq_pv v = nq > 1 ? kvq_decode_par(p, n, sb, mb) : kvq_resolve(p);
+    for (int j = 0; j < nq; j++) kvq_weights_row(P + (size_t)j * ldp, &v, n, w + (size_t)j * ldw, &alpha[j], &beta[j]);
+}
+
+/* e^x for x <= 0 (0 below -87.3, where e^x < 1.2e-38, and for NaN): x = n ln2 + r, e^r by its Taylor
  * polynomial of degree 7 (|r| <= ln2 / 2: relative error below 1e-8), times 2^n. */
 KVP_AI __m512 kvq_exp(__m512 x) {
+    const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ); /* else 0 (and NaN) */
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -290,7 +340,7 @@ KVP_AI __m512 kvq_exp(__m512 x) {
     e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(0.5f));
     e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
     e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(e, n);
+    return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(e, n));
 }
 
 static void kvp_kvq_softmax_avx512(float *x, int n) {

@@ -46,6 +46,14 @@ typedef struct {
     int u0, u1, g; /* units [u0, u1) of a head share value group g */
 } kvp_kivi_run;
 
+/* The arrays of one layer: key tiles (n_kv_heads, max_blocks, ktile), key parameters
+ * (n_kv_heads, max_blocks, kpar), value tiles (n_kv_heads, max_blocks, vtile), value
+ * parameters (n_vgroups, max_blocks, vpar). Reserved for the whole context with calloc, so
+ * the pages of blocks not yet written are never touched. */
+typedef struct {
+    uint8_t *kt, *kp, *vt, *vp;
+} kvp_kivi_layer;
+
 typedef struct {
     kvp_kv base;
     kvp_kivi_spec p;
@@ -55,8 +63,8 @@ typedef struct {
     kvp_kivi_run *runs;     /* (n_kv_heads, n_runs) */
     int n_runs;
     size_t ktile, kpar, vtile, vpar, vrow, block_bytes;
-    int max_blocks, n_blocks, n_alloc;
-    uint8_t **blocks;       /* (n_layers, max_blocks) */
+    int max_blocks, n_blocks;
+    kvp_kivi_layer *reg;    /* (n_layers) */
     kvp_qwin *win;          /* (n_layers) */
     kvp_kxform kx;
     float *qf;              /* quantization scratch: K and V of a block, (2, G, kv_dim) */
@@ -126,20 +134,25 @@ static void kvp_kivi_vrange(const kvp_kv_kivi *c, int g, int *c0, int *c1) {
     }
 }
 
-static uint8_t *kvp_kivi_ktile(const kvp_kv_kivi *c, uint8_t *blk, int h) { return blk + (size_t)h * c->ktile; }
-static uint8_t *kvp_kivi_kpar(const kvp_kv_kivi *c, uint8_t *blk, int h) {
-    return blk + (size_t)c->nkv * c->ktile + (size_t)h * c->kpar;
+/* The parts of block b of layer l: head h's key tile and key parameters, head h's value
+ * tile, value group g's parameters. Each part lives in its own array, blocks in order, so
+ * that attention streams through memory. */
+static uint8_t *kvp_kivi_ktile(const kvp_kv_kivi *c, int l, int b, int h) {
+    return c->reg[l].kt + ((size_t)h * c->max_blocks + (size_t)b) * c->ktile;
 }
-static uint8_t *kvp_kivi_vtile(const kvp_kv_kivi *c, uint8_t *blk, int h) {
-    return blk + (size_t)c->nkv * (c->ktile + c->kpar) + (size_t)h * c->vtile;
+static uint8_t *kvp_kivi_kpar(const kvp_kv_kivi *c, int l, int b, int h) {
+    return c->reg[l].kp + ((size_t)h * c->max_blocks + (size_t)b) * c->kpar;
 }
-static uint8_t *kvp_kivi_vpar(const kvp_kv_kivi *c, uint8_t *blk, int g) {
-    return blk + (size_t)c->nkv * (c->ktile + c->kpar + c->vtile) + (size_t)g * c->vpar;
+static uint8_t *kvp_kivi_vtile(const kvp_kv_kivi *c, int l, int b, int h) {
+    return c->reg[l].vt + ((size_t)h * c->max_blocks + (size_t)b) * c->vtile;
+}
+static uint8_t *kvp_kivi_vpar(const kvp_kv_kivi *c, int l, int b, int g) {
+    return c->reg[l].vp + ((size_t)g * c->max_blocks + (size_t)b) * c->vpar;
 }
 
 /* Per-channel scales and minimums of head h's keys in a block. */
-static void kvp_kivi_kparams(const kvp_kv_kivi *c, uint8_t *blk, int h, float *s, float *m) {
-    const uint8_t *p = kvp_kivi_kpar(c, blk, h);
+static void kvp_kivi_kparams(const kvp_kv_kivi *c, int l, int b, int h, float *s, float *m) {
+    const uint8_t *p = kvp_kivi_kpar(c, l, b, h);
     kvp_qsuper sp;
     memcpy(&sp, p + 2 * c->hd, sizeof sp);
     kvp_qp_decode(p, p + c->hd, &sp, c->hd, s, m);
@@ -147,8 +160,8 @@ static void kvp_kivi_kparams(const kvp_kv_kivi *c, uint8_t *blk, int h, float *s
 
 /* Per-token scales and minimums of value group g in a block, as the kernels use them: for
  * 8-bit codes (stored minus 128) the minimum includes 128 s. */
-static void kvp_kivi_vparams(const kvp_kv_kivi *c, uint8_t *blk, int g, float *s, float *m) {
-    const uint8_t *p = kvp_kivi_vpar(c, blk, g);
+static void kvp_kivi_vparams(const kvp_kv_kivi *c, int l, int b, int g, float *s, float *m) {
+    const uint8_t *p = kvp_kivi_vpar(c, l, b, g);
     kvp_qsuper sp;
     memcpy(&sp, p + 2 * c->p.G, sizeof sp);
     kvp_qp_decode(p, p + c->p.G, &sp, c->p.G, s, m);
@@ -161,7 +174,7 @@ static void kvp_kivi_vparams(const kvp_kv_kivi *c, uint8_t *blk, int g, float *s
  * ------------------------------------------------------------------------------------- */
 
 /* Keys of head h, kf (G, kv_dim) already transformed: per-channel groups. */
-static void kvp_kivi_quant_keys(kvp_kv_kivi *c, uint8_t *blk, int h, const float *kf) {
+static void kvp_kivi_quant_keys(kvp_kv_kivi *c, int l, int b, int h, const float *kf) {
     int G = c->p.G, hd = c->hd, qmax = (1 << c->p.kbits) - 1;
     float lo[KVP_QHD_MAX] = {0}, hi[KVP_QHD_MAX] = {0}, s[KVP_QHD_MAX], m[KVP_QHD_MAX];
     for (int ch = 0; ch < hd; ch++) {
@@ -172,7 +185,7 @@ static void kvp_kivi_quant_keys(kvp_kv_kivi *c, uint8_t *blk, int h, const float
             hi[ch] = x > hi[ch] ? x : hi[ch];
         }
     }
-    uint8_t *par = kvp_kivi_kpar(c, blk, h);
+    uint8_t *par = kvp_kivi_kpar(c, l, b, h);
     kvp_qsuper sp;
     kvp_qp_encode(lo, hi, hd, qmax, par, par + hd, &sp);
     memcpy(par + 2 * hd, &sp, sizeof sp);
@@ -180,11 +193,11 @@ static void kvp_kivi_quant_keys(kvp_kv_kivi *c, uint8_t *blk, int h, const float
     for (int ch = 0; ch < hd; ch++)
         for (int t = 0; t < G; t++)
             c->qc[(size_t)ch * G + t] = kvp_qp_code(kf[(size_t)t * c->kvd + (size_t)h * hd + ch], s[ch], m[ch], qmax);
-    kvp_qt_pack_k(c->qc, hd, G, c->p.kbits, kvp_kivi_ktile(c, blk, h));
+    kvp_qt_pack_k(c->qc, hd, G, c->p.kbits, kvp_kivi_ktile(c, l, b, h));
 }
 
 /* Values vf (G, kv_dim): per-token groups; codes go to c->qc as (G, kv_dim). */
-static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, uint8_t *blk, int g, const float *vf) {
+static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, int l, int b, int g, const float *vf) {
     int G = c->p.G, qmax = (1 << c->p.vbits) - 1, c0, c1;
     float lo[256], hi[256], s[256], m[256];
     kvp_kivi_vrange(c, g, &c0, &c1);
@@ -196,7 +209,7 @@ static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, uint8_t *blk, int g, const flo
             hi[t] = x[ch] > hi[t] ? x[ch] : hi[t];
         }
     }
-    uint8_t *par = kvp_kivi_vpar(c, blk, g);
+    uint8_t *par = kvp_kivi_vpar(c, l, b, g);
     kvp_qsuper sp;
     kvp_qp_encode(lo, hi, G, qmax, par, par + G, &sp);
     memcpy(par + 2 * G, &sp, sizeof sp);
@@ -208,19 +221,11 @@ static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, uint8_t *blk, int g, const flo
 }
 
 /* Packs head h's value codes from c->qc (G, kv_dim). */
-static void kvp_kivi_pack_values(kvp_kv_kivi *c, uint8_t *blk, int h) {
+static void kvp_kivi_pack_values(kvp_kv_kivi *c, int l, int b, int h) {
     int G = c->p.G, hd = c->hd;
     uint8_t *codes = c->qc + (size_t)G * c->kvd; /* second half of the scratch: (G, hd) */
     for (int t = 0; t < G; t++) memcpy(codes + (size_t)t * hd, c->qc + (size_t)t * c->kvd + (size_t)h * hd, (size_t)hd);
-    kvp_qt_pack_v(codes, G, hd, c->p.vbits, kvp_kivi_vtile(c, blk, h));
-}
-
-static int kvp_kivi_block_alloc(kvp_kv_kivi *c, int layer, int b, uint8_t **out) {
-    uint8_t **slot = &c->blocks[(size_t)layer * c->max_blocks + b];
-    if (!*slot && !(*slot = kvp_acalloc(c->block_bytes)))
-        return kvp_seterr(KVP_ENOMEM, "out of memory quantizing the KV cache");
-    *out = *slot;
-    return KVP_OK;
+    kvp_qt_pack_v(codes, G, hd, c->p.vbits, kvp_kivi_vtile(c, l, b, h));
 }
 
 /* Quantizes the G oldest window tokens of a layer into block b and drops them. */
@@ -228,16 +233,14 @@ static int kvp_kivi_age(kvp_kv_kivi *c, int layer, int b) {
     kvp_qwin *w = &c->win[layer];
     int G = c->p.G;
     float *kf = c->qf, *vf = c->qf + (size_t)G * c->kvd;
-    uint8_t *blk = NULL;
-    KVP_TRY(kvp_kivi_block_alloc(c, layer, b, &blk));
     kvp_kx_freeze(&c->kx, layer);
     for (int t = 0; t < G; t++) {
         kvp_qwin_get(w, t, kf + (size_t)t * c->kvd, vf + (size_t)t * c->kvd);
         for (int h = 0; h < c->nkv; h++) kvp_kx_apply(&c->kx, layer, h, kf + (size_t)t * c->kvd + (size_t)h * c->hd, 0);
     }
-    for (int h = 0; h < c->nkv; h++) kvp_kivi_quant_keys(c, blk, h, kf);
-    for (int g = 0; g < c->n_vg; g++) kvp_kivi_quant_vgroup(c, blk, g, vf);
-    for (int h = 0; h < c->nkv; h++) kvp_kivi_pack_values(c, blk, h);
+    for (int h = 0; h < c->nkv; h++) kvp_kivi_quant_keys(c, layer, b, h, kf);
+    for (int g = 0; g < c->n_vg; g++) kvp_kivi_quant_vgroup(c, layer, b, g, vf);
+    for (int h = 0; h < c->nkv; h++) kvp_kivi_pack_values(c, layer, b, h);
     kvp_qwin_drop(w, G);
     return KVP_OK;
 }
@@ -245,19 +248,19 @@ static int kvp_kivi_age(kvp_kv_kivi *c, int layer, int b) {
 /* Dequantizes block b of a layer: k, v (G, kv_dim), keys back in the original basis. */
 static void kvp_kivi_block_read(const kvp_kv_kivi *c, int layer, int b, float *k, float *v) {
     int G = c->p.G, hd = c->hd;
-    uint8_t *blk = c->blocks[(size_t)layer * c->max_blocks + b], *codes = c->qc;
+    uint8_t *codes = c->qc;
     float s[KVP_QHD_MAX], m[KVP_QHD_MAX], vs[256], vm[256];
     for (int h = 0; h < c->nkv; h++) {
-        kvp_kivi_kparams(c, blk, h, s, m);
-        kvp_qt_unpack_k(kvp_kivi_ktile(c, blk, h), hd, G, c->p.kbits, codes);
+        kvp_kivi_kparams(c, layer, b, h, s, m);
+        kvp_qt_unpack_k(kvp_kivi_ktile(c, layer, b, h), hd, G, c->p.kbits, codes);
         for (int t = 0; t < G; t++) {
             float *row = k + (size_t)t * c->kvd + (size_t)h * hd;
             for (int ch = 0; ch < hd; ch++) row[ch] = m[ch] + s[ch] * (float)codes[(size_t)ch * G + t];
             kvp_kx_key_back(&c->kx, layer, h, row);
         }
-        kvp_qt_unpack_v(kvp_kivi_vtile(c, blk, h), G, hd, c->p.vbits, codes);
+        kvp_qt_unpack_v(kvp_kivi_vtile(c, layer, b, h), G, hd, c->p.vbits, codes);
         for (int ch = 0; ch < hd; ch++) {
-            kvp_kivi_vparams(c, blk, kvp_kivi_vgroup(c, h, ch), vs, vm);
+            kvp_kivi_vparams(c, layer, b, kvp_kivi_vgroup(c, h, ch), vs, vm);
             for (int t = 0; t < G; t++)
                 v[(size_t)t * c->kvd + (size_t)h * hd + ch] = vm[t] + vs[t] * (float)(int8_t)codes[(size_t)t * hd + ch];
         }
@@ -331,37 +334,25 @@ typedef struct {
 
 /* The kernels' view of n two-level parameters at p (codes sc, mc, then the super triple). */
 static kvp_kvq_par kvp_kivi_par(const uint8_t *p, int n, float m_add_s) {
-    kvp_qsuper sp;
-    memcpy(&sp, p + 2 * n, sizeof sp);
-    return (kvp_kvq_par){p, p + n, kvp_f16_to_f32(sp.d), kvp_f16_to_f32(sp.mlo), kvp_f16_to_f32(sp.dm),
-                         NULL, NULL, m_add_s};
+    return (kvp_kvq_par){p, p + n, (const uint16_t *)(const void *)(p + 2 * n), NULL, NULL, m_add_s};
 }
 
 static void kvp_kivi_block_scores(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
-    uint8_t *blk = c->blocks[(size_t)layer * c->max_blocks + b];
-    float scale = 1.0f / sqrtf((float)c->hd);
-    kvp_kvq_par par = kvp_kivi_par(kvp_kivi_kpar(c, blk, h), c->hd, 0);
-    for (int j = 0; j < rows; j++) {
-        float bias, d = kvp_kvq_query(x->Qx + (size_t)j * c->hd, &par, c->hd, x->iq + (size_t)j * c->cp4, &bias);
-        x->alpha[j] = scale * d;
-        x->beta[j] = scale * bias;
-    }
-    kvp_kvq_ktile kt = {kvp_kivi_ktile(c, blk, h), c->p.kbits, c->p.G, c->cp4 / 4, NULL, NULL};
+    kvp_kvq_par par = kvp_kivi_par(kvp_kivi_kpar(c, layer, b, h), c->hd, 0);
+    kvp_kvq_query(x->Qx, c->hd, rows, &par, c->hd, 1.0f / sqrtf((float)c->hd), x->iq, c->cp4, x->alpha, x->beta);
+    kvp_kvq_ktile kt = {kvp_kivi_ktile(c, layer, b, h), c->p.kbits, c->p.G, c->cp4 / 4, NULL, NULL};
     kvp_kvq_rows qr = {x->iq, c->cp4, rows, x->alpha, x->beta};
     kvp_kvq_scores(&kt, &qr, x->S + (size_t)b * c->p.G, c->lds, 0);
 }
 
 static void kvp_kivi_block_values(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
-    uint8_t *blk = c->blocks[(size_t)layer * c->max_blocks + b];
     int G = c->p.G;
     size_t ub = kvp_kvq_unit_bytes(c->p.vbits);
     for (const kvp_kivi_run *r = c->runs + (size_t)h * c->n_runs; r < c->runs + (size_t)(h + 1) * c->n_runs; r++) {
         if (r->u1 <= r->u0) continue;
-        kvp_kvq_par par = kvp_kivi_par(kvp_kivi_vpar(c, blk, r->g), G, c->p.vbits == 8 ? 128.0f : 0.0f);
-        for (int j = 0; j < rows; j++)
-            x->alpha[j] = kvp_kvq_weights(x->S + (size_t)j * c->lds + (size_t)b * G, &par, G, x->W + (size_t)j * G,
-                                          &x->beta[j]);
-        kvp_kvq_vtile vt = {kvp_kivi_vtile(c, blk, h) + (size_t)r->u0 * ub, c->p.vbits, G / 4, r->u1 - r->u0, c->vrow};
+        kvp_kvq_par par = kvp_kivi_par(kvp_kivi_vpar(c, layer, b, r->g), G, c->p.vbits == 8 ? 128.0f : 0.0f);
+        kvp_kvq_weights(x->S + (size_t)b * G, c->lds, rows, &par, G, x->W, G, x->alpha, x->beta);
+        kvp_kvq_vtile vt = {kvp_kivi_vtile(c, layer, b, h) + (size_t)r->u0 * ub, c->p.vbits, G / 4, r->u1 - r->u0, c->vrow};
         kvp_kvq_rows wr = {x->W, G, rows, x->alpha, x->beta};
         kvp_kvq_values(&vt, &wr, KVP_MIN(8 * (r->u1 - r->u0), c->hd - 8 * r->u0), x->Y + 8 * r->u0, c->hdp);
     }
@@ -380,11 +371,17 @@ static void kvp_kivi_softmax(const kvp_kv_kivi *c, float *S, int rows, int group
 /* Asks the memory system for head h's key (or value) tile and parameters of block b. */
 static void kvp_kivi_prefetch(const kvp_kv_kivi *c, int layer, int b, int h, int val) {
     if (b >= c->n_blocks) return;
-    uint8_t *blk = c->blocks[(size_t)layer * c->max_blocks + b];
-    const uint8_t *t = val ? kvp_kivi_vtile(c, blk, h) : kvp_kivi_ktile(c, blk, h);
-    size_t n = val ? c->vtile : c->ktile;
-    for (size_t o = 0; o < n; o += 64) __builtin_prefetch(t + o);
-    __builtin_prefetch(val ? kvp_kivi_vpar(c, blk, kvp_kivi_vgroup(c, h, 0)) : kvp_kivi_kpar(c, blk, h));
+    const uint8_t *t = val ? kvp_kivi_vtile(c, layer, b, h) : kvp_kivi_ktile(c, layer, b, h);
+    for (size_t o = 0; o < (val ? c->vtile : c->ktile); o += 64) __builtin_prefetch(t + o);
+    if (!val) {
+        const uint8_t *p = kvp_kivi_kpar(c, layer, b, h);
+        for (size_t o = 0; o < c->kpar + 63; o += 64) __builtin_prefetch(p + o);
+        return;
+    }
+    for (const kvp_kivi_run *r = c->runs + (size_t)h * c->n_runs; r < c->runs + (size_t)(h + 1) * c->n_runs; r++) {
+        const uint8_t *p = kvp_kivi_vpar(c, layer, b, r->g);
+        for (size_t o = 0; r->u1 > r->u0 && o < c->vpar + 63; o += 64) __builtin_prefetch(p + o);
+    }
 }
 
 static void kvp_kivi_task(void *arg, int chunk, int thread) {
@@ -477,10 +474,11 @@ static int kvp_kivi_truncate(kvp_kv *kv, int n_pos) {
 
 static int kvp_kivi_read(const kvp_kv *kv, int layer, int pos, int n, float *k, float *v) {
     const kvp_kv_kivi *c = (const kvp_kv_kivi *)kv;
-    if (layer < 0 || layer >= kv->shape.n_layers || pos < 0 || n < 0 || pos + n > kv->n_pos)
-        return kvp_seterr(KVP_ERANGE, "KV read of layer %d, positions [%d, %d) outside the %d stored", layer, pos,
-                          pos + n, kv->n_pos);
     int G = c->p.G, nq = c->n_blocks * G, kvd = c->kvd;
+    int stored = layer >= 0 && layer < kv->shape.n_layers ? nq + c->win[layer].n : 0; /* also during a step */
+    if (layer < 0 || layer >= kv->shape.n_layers || pos < 0 || n < 0 || pos + n > stored)
+        return kvp_seterr(KVP_ERANGE, "KV read of layer %d, positions [%d, %d) outside the %d stored", layer, pos,
+                          pos + n, stored);
     float *bk = c->qf, *bv = c->qf + (size_t)G * kvd;
     for (int p = pos; p < pos + n;) {
         if (p >= nq) {
@@ -499,12 +497,16 @@ static int kvp_kivi_read(const kvp_kv *kv, int layer, int pos, int n, float *k, 
 
 static void kvp_kivi_free(kvp_kv *kv) {
     kvp_kv_kivi *c = (kvp_kv_kivi *)kv;
-    size_t nb = (size_t)kv->shape.n_layers * (size_t)c->max_blocks;
-    for (size_t i = 0; c->blocks && i < nb; i++) kvp_afree(c->blocks[i]);
+    for (int l = 0; c->reg && l < kv->shape.n_layers; l++) {
+        free(c->reg[l].kt);
+        free(c->reg[l].kp);
+        free(c->reg[l].vt);
+        free(c->reg[l].vp);
+    }
     for (int l = 0; c->win && l < kv->shape.n_layers; l++) kvp_qwin_free(&c->win[l]);
     for (int i = 0; c->scratch && i < c->n_scratch; i++) kvp_afree(c->scratch[i]);
     kvp_kx_free(&c->kx);
-    free(c->blocks);
+    free(c->reg);
     free(c->win);
     free(c->runs);
     free(c->scratch);
@@ -561,13 +563,22 @@ static int kvp_kivi_make_runs(kvp_kv_kivi *c) {
 
 static int kvp_kivi_alloc(kvp_kv_kivi *c) {
     const kvp_kv_shape *s = &c->base.shape;
-    c->blocks = calloc((size_t)s->n_layers * c->max_blocks, sizeof *c->blocks);
+    if (!(c->reg = calloc((size_t)s->n_layers, sizeof *c->reg))) return KVP_ENOMEM;
+    for (int l = 0; l < s->n_layers; l++) {
+        kvp_kivi_layer *r = &c->reg[l];
+        size_t mb = (size_t)c->max_blocks;
+        r->kt = calloc(mb * c->nkv, c->ktile);
+        r->kp = calloc(mb * c->nkv, c->kpar);
+        r->vt = calloc(mb * c->nkv, c->vtile);
+        r->vp = calloc(mb * c->n_vg, c->vpar);
+        if (!r->kt || !r->kp || !r->vt || !r->vp) return KVP_ENOMEM;
+    }
     c->win = calloc((size_t)s->n_layers, sizeof *c->win);
     c->qf = kvp_amalloc(sizeof(float) * 2 * (size_t)c->p.G * c->kvd);
     c->qc = kvp_amalloc(2 * (size_t)c->p.G * c->kvd);
     c->n_scratch = kvp_pool_size(c->base.pool);
     c->scratch = calloc((size_t)c->n_scratch, sizeof *c->scratch);
-    if (!c->blocks || !c->win || !c->qf || !c->qc || !c->scratch || kvp_kivi_make_runs(c) < 0) return KVP_ENOMEM;
+    if (!c->win || !c->qf || !c->qc || !c->scratch || kvp_kivi_make_runs(c) < 0) return KVP_ENOMEM;
     for (int l = 0; l < s->n_layers; l++) kvp_qwin_init(&c->win[l], c->nkv, c->hd);
     kvp_kivi_carve(c, NULL, &c->scratch_bytes);
     for (int i = 0; i < c->n_scratch; i++)
@@ -587,7 +598,8 @@ int kvp_kv_kivi_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool,
     c->base.shape = *shape;
     c->base.pool = pool;
     c->p = p;
-    snprintf(c->base.spec, sizeof c->base.spec, "k%dv%d:r%d:g%d:%s", p.kbits, p.vbits, p.R, p.G, kvp_kx_name(p.xmode));
+    snprintf(c->base.spec, sizeof c->base.spec, "k%dv%d:r%d:g%d%s%s", p.kbits, p.vbits, p.R, p.G,
+             p.xmode == KVP_KX_NONE ? "" : ":", p.xmode == KVP_KX_NONE ? "" : kvp_kx_name(p.xmode));
     kvp_kivi_layout(c);
     int rc = kvp_kx_init(&c->kx, p.xmode, shape);
     if (rc == 0 && kvp_kivi_alloc(c) < 0) rc = kvp_seterr(KVP_ENOMEM, "out of memory creating the KV cache");

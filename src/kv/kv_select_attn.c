@@ -133,10 +133,26 @@ static void kvp_run_mask(const kvp_rows *r, const kvp_attn_io *io, float *S) {
     }
 }
 
+/* Bytes of one row of a run's format, and a hint to the cache to fetch the keys (or the
+ * values) of a run: the runs of a retrieval query are scattered blocks, whose first touch
+ * would otherwise stall on memory latency one block at a time. */
+static size_t kvp_run_row_bytes(const kvp_rows *r, int hd) {
+    return (size_t)hd * (r->fmt == KVP_ROWS_F32 ? 4 : r->fmt == KVP_ROWS_F16 ? 2 : 1);
+}
+
+static void kvp_run_prefetch(const kvp_rows *r, int hd, int val) {
+    const char *p = val ? r->v : r->k;
+    size_t bytes = (size_t)r->n * kvp_run_row_bytes(r, hd);
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
+    if (r->fmt == KVP_ROWS_Q8) __builtin_prefetch(val ? r->vs : r->ks);
+}
+
 int kvp_sel_attend(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *io) {
     int total = 0;
+    for (int i = 0; i < n_runs; i++) kvp_run_prefetch(&runs[i], hd, 0);
     for (int i = 0; i < n_runs; i++) {
         if (runs[i].n <= 0) continue;
+        kvp_run_prefetch(&runs[i], hd, 1);
         kvp_run_scores(&runs[i], hd, io->q, io->nq, io->scale, io->s + total, io->lds);
         kvp_run_mask(&runs[i], io, io->s + total);
         total += runs[i].n;

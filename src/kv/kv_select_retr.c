@@ -57,7 +57,7 @@ typedef struct {
     uint8_t **sink;         /* [layer] (n_kv, sinks, hd) K then V */
     float *qsum, *mq;       /* SentenceKV: [layer] (q_dim) sums; this step's mean queries (n, q_dim) */
     int *qcnt, *qblk, mq_cap;
-    kvp_cold *cold;
+    kvp_tier *cold;
     int step_pos, step_n, last_budget, max_att;
     kvp_rt_scratch *scr;
     int n_scr, scr_lds, scr_blk;
@@ -333,7 +333,7 @@ static int kvp_rt_ranges(const kvp_kv_retr *c, int p, int budget, int *rs, int *
 static void kvp_rt_view(const kvp_kv_retr *c, int layer, int b, int h, int r0, int cnt, kvp_rows *out) {
     int p0 = c->blk[b].start + r0;
     if (!c->hot[layer][b]) {
-        kvp_cold_rows(c->cold, c->cold_id[layer][b], h, r0, cnt, p0, out);
+        kvp_tier_rows(c->cold, c->cold_id[layer][b], h, r0, cnt, p0, out);
         return;
     }
     size_t off = (size_t)r0 * kvp_rt_row_bytes(c);
@@ -445,7 +445,7 @@ static int kvp_rt_attend(kvp_kv *kv, int layer, int pos, int n, const float *q, 
 
 static int kvp_rt_demote(kvp_kv_retr *c, int b) {
     for (int l = 0; l < c->base.shape.n_layers; l++) {
-        KVP_TRY(kvp_cold_put(c->cold, c->type, kvp_rt_rows_of(c, l, b, 0, 0), kvp_rt_rows_of(c, l, b, 0, 1),
+        KVP_TRY(kvp_tier_put(c->cold, c->type, kvp_rt_rows_of(c, l, b, 0, 0), kvp_rt_rows_of(c, l, b, 0, 1),
                              c->blk[b].len, kvp_rt_cap(c, c->blk[b].len), &c->cold_id[l][b]));
         kvp_afree(c->hot[l][b]);
         c->hot[l][b] = NULL;
@@ -480,7 +480,7 @@ static void kvp_rt_stats(const kvp_kv *kv, kvp_kv_stats *st) {
     st->bytes_hot = blocks * (uint64_t)s->n_layers +
                     (uint64_t)s->n_layers * (meta * (uint64_t)s->n_kv_heads + 2 * (uint64_t)s->n_kv_heads *
                     (uint64_t)c->sinks * kvp_rt_row_bytes(c)) + (uint64_t)c->n_blk * sizeof(kvp_blk);
-    st->bytes_cold = kvp_cold_bytes(c->cold);
+    st->bytes_cold = kvp_tier_bytes(c->cold);
     st->bits_per_value = st->n_values ? 8.0 * (double)(st->bytes_hot + st->bytes_cold) / (double)st->n_values : 0;
     st->spec = kv->spec;
 }
@@ -499,7 +499,7 @@ static void kvp_rt_drop(kvp_kv_retr *c, int b) {
 static void kvp_rt_reset(kvp_kv *kv) {
     kvp_kv_retr *c = (kvp_kv_retr *)kv;
     kvp_rt_drop(c, 0);
-    kvp_cold_rewind(c->cold, 0);
+    kvp_tier_rewind(c->cold, 0);
     for (int l = 0; l < kv->shape.n_layers; l++) {
         c->meta_done[l] = 0;
         c->qblk[l] = -1;
@@ -517,7 +517,7 @@ static int kvp_rt_promote(kvp_kv_retr *c, int b, int keep) {
     float *k = malloc(sizeof(float) * (size_t)len * hd), *v = malloc(sizeof(float) * (size_t)len * hd);
     for (int l = 0; l < s->n_layers && (ok = k && v && (c->hot[l][b] = kvp_amalloc(kvp_rt_blk_bytes(c, cap)))); l++)
         for (int h = 0; h < s->n_kv_heads; h++) {
-            kvp_cold_read(c->cold, c->cold_id[l][b], h, k, v);
+            kvp_tier_read(c->cold, c->cold_id[l][b], h, k, v);
             for (int t = 0; t < keep; t++) {
                 kvp_rt_put(c, kvp_rt_hot_rows(c, c->hot[l][b], cap, h, 0) + (size_t)t * rb, k + (size_t)t * hd);
                 kvp_rt_put(c, kvp_rt_hot_rows(c, c->hot[l][b], cap, h, 1) + (size_t)t * rb, v + (size_t)t * hd);
@@ -534,7 +534,7 @@ static int kvp_rt_truncate(kvp_kv *kv, int n_pos) {
     if (n_pos >= kv->n_pos) return KVP_OK;
     int b = kvp_rt_block_of(c, n_pos), keep_b = c->blk[b].start < n_pos; /* block b keeps a prefix */
     if (keep_b && b < c->demoted) KVP_TRY(kvp_rt_promote(c, b, n_pos - c->blk[b].start));
-    if (b < c->demoted) kvp_cold_rewind(c->cold, c->cold_id[0][b]); /* ids ascend with the block */
+    if (b < c->demoted) kvp_tier_rewind(c->cold, c->cold_id[0][b]); /* ids ascend with the block */
     for (int l = 0; l < kv->shape.n_layers; l++) {
         c->cold_id[l][b] = -1;
         c->meta_done[l] = KVP_MIN(c->meta_done[l], b);
@@ -564,7 +564,7 @@ static int kvp_rt_read(const kvp_kv *kv, int layer, int pos, int n, float *k, fl
                 kvp_rt_get(c, kvp_rt_rows_of(c, layer, b, h, 1) + (size_t)t * kvp_rt_row_bytes(c), dv);
                 continue;
             }
-            kvp_cold_read(c->cold, c->cold_id[layer][b], h, bk, bv);
+            kvp_tier_read(c->cold, c->cold_id[layer][b], h, bk, bv);
             memcpy(dk, bk + (size_t)t * hd, sizeof(float) * (size_t)hd);
             memcpy(dv, bv + (size_t)t * hd, sizeof(float) * (size_t)hd);
         }
@@ -604,7 +604,7 @@ static void kvp_rt_free(kvp_kv *kv) {
     free(c->mq);
     free(c->blk);
     free(c->sent_end);
-    kvp_cold_free(c->cold);
+    kvp_tier_free(c->cold);
     free(c);
 }
 
@@ -682,11 +682,11 @@ static int kvp_rt_init(kvp_kv_retr *c, const kvp_sel_params *p, kvp_sel_args *a)
     c->scr_lds = kvp_budget_at(&c->budget, s->n_ctx) + 64;
     KVP_TRY(kvp_rt_grow(c, 64));
     KVP_TRY(kvp_rt_scratch_fit(c));
-    KVP_TRY(kvp_cold_new(p->cold, s->n_kv_heads, s->head_dim, &c->cold));
+    KVP_TRY(kvp_tier_new(p->cold, s->n_kv_heads, s->head_dim, &c->cold));
     char sel[48];
     kvp_sel_canon(p->select, sel, sizeof sel);
     snprintf(c->base.spec, sizeof c->base.spec, "%s+%s@%s@%s", c->type == KVP_TYPE_F16 ? "f16" : "f32", sel,
-             p->budget, kvp_cold_spec(c->cold));
+             p->budget, kvp_tier_spec(c->cold));
     return KVP_OK;
 }
 

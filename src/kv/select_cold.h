@@ -2,9 +2,9 @@
  * select_cold.h: the cold tier of the retrieval cache (Quest, SentenceKV). Internal.
  *
  * A cold tier holds blocks: the keys and values of `n` consecutive tokens for every KV head
- * of one layer. A block goes in once (kvp_cold_put, when it leaves the hot tier's recent
+ * of one layer. A block goes in once (kvp_tier_put, when it leaves the hot tier's recent
  * window) and is then read in place, one KV head's rows at a time, as a kvp_rows run that
- * the attention reads directly (kvp_cold_rows): nothing is copied back to the hot tier to
+ * the attention reads directly (kvp_tier_rows): nothing is copied back to the hot tier to
  * be attended. Blocks are appended to fixed segments that never move, so adding a block
  * never copies the others.
  *
@@ -26,29 +26,29 @@
 
 #include "kv/select.h"
 
-enum { KVP_COLD_Q8 = 0, KVP_COLD_F16 = 1 };
+enum { KVP_TIER_Q8 = 0, KVP_TIER_F16 = 1 };
 
-typedef struct kvp_cold kvp_cold;
+typedef struct kvp_tier kvp_tier;
 
 /* Opens a cold tier for blocks of nh heads of hd values. spec: NULL or "" = "mem". */
-int kvp_cold_new(const char *spec, int nh, int hd, kvp_cold **out);
-void kvp_cold_free(kvp_cold *c); /* accepts NULL; removes the backing file */
+int kvp_tier_new(const char *spec, int nh, int hd, kvp_tier **out);
+void kvp_tier_free(kvp_tier *c); /* accepts NULL; removes the backing file */
 
 /* Stores a block of n tokens: K and V of head h, token t at k + (h * stride + t) * hd, in
  * `type` (KVP_TYPE_F16 or KVP_TYPE_F32). Sets *id to the block's number (0, 1, 2, ...). */
-int kvp_cold_put(kvp_cold *c, int type, const void *k, const void *v, int n, int stride, int64_t *id);
+int kvp_tier_put(kvp_tier *c, int type, const void *k, const void *v, int n, int stride, int64_t *id);
 /* A run over rows [r0, r0 + cnt) of head h of block id; row r0 is at position pos0. */
-void kvp_cold_rows(const kvp_cold *c, int64_t id, int h, int r0, int cnt, int pos0, kvp_rows *out);
+void kvp_tier_rows(const kvp_tier *c, int64_t id, int h, int r0, int cnt, int pos0, kvp_rows *out);
 /* Decodes head h's rows [0, n) of block id to floats: k, v (n, hd). */
-void kvp_cold_read(const kvp_cold *c, int64_t id, int h, float *k, float *v);
-/* Copies block id back as F16 rows, bit-exact for the f16 encoding (layout as kvp_cold_put
+void kvp_tier_read(const kvp_tier *c, int64_t id, int h, float *k, float *v);
+/* Copies block id back as F16 rows, bit-exact for the f16 encoding (layout as kvp_tier_put
  * with stride = n). For tests and for promoting a block. */
-int kvp_cold_get_f16(const kvp_cold *c, int64_t id, uint16_t *k, uint16_t *v);
-int kvp_cold_len(const kvp_cold *c, int64_t id);      /* tokens in block id */
-int64_t kvp_cold_count(const kvp_cold *c);            /* blocks stored */
+int kvp_tier_get_f16(const kvp_tier *c, int64_t id, uint16_t *k, uint16_t *v);
+int kvp_tier_len(const kvp_tier *c, int64_t id);      /* tokens in block id */
+int64_t kvp_tier_count(const kvp_tier *c);            /* blocks stored */
 /* Forgets block id and every later one; their space is reused. */
-void kvp_cold_rewind(kvp_cold *c, int64_t id);
-uint64_t kvp_cold_bytes(const kvp_cold *c);           /* bytes of the stored blocks */
-const char *kvp_cold_spec(const kvp_cold *c);         /* canonical spec, e.g. "mem;q8" */
+void kvp_tier_rewind(kvp_tier *c, int64_t id);
+uint64_t kvp_tier_bytes(const kvp_tier *c);           /* bytes of the stored blocks */
+const char *kvp_tier_spec(const kvp_tier *c);         /* canonical spec, e.g. "mem;q8" */
 
 #endif

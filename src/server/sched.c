@@ -1,0 +1,247 @@
+/*
+ * sched.c: the scheduler thread. Each round it ends cancelled sessions, admits waiting jobs
+ * (FIFO) while sessions and the KV budget allow, then advances every session by one step:
+ * a piece of its prompt (n_batch tokens, or 64 while other sessions are decoding, so that a
+ * long prefill never stalls their streams for long) or one generated token. Then it applies
+ * the memory budget and publishes the gauges. It sleeps when there is nothing to do.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/common.h"
+#include "srv_internal.h"
+
+#define KVP_PIECE_SHARED 64 /* prompt tokens per step while other sessions decode */
+
+/* Waits for work; 0 when the server is stopping. */
+static int kvp_sched_wait(kvp_srv *s) {
+    pthread_mutex_lock(&s->mu);
+    while (!s->stopping && !s->sessions && !s->q_head) pthread_cond_wait(&s->cv, &s->mu);
+    int go = !s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    return go;
+}
+
+static kvp_srv_job *kvp_sched_peek(kvp_srv *s) {
+    pthread_mutex_lock(&s->mu);
+    kvp_srv_job *j = s->q_head;
+    pthread_mutex_unlock(&s->mu);
+    return j;
+}
+
+static void kvp_sched_pop(kvp_srv *s) {
+    pthread_mutex_lock(&s->mu);
+    kvp_srv_job *j = s->q_head;
+    s->q_head = j->next;
+    if (!s->q_head) s->q_tail = NULL;
+    j->next = NULL;
+    s->n_queued--;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- ending sessions ---- */
+
+static void kvp_sched_count_end(kvp_srv *s, const kvp_sess *ss, int finish) {
+    kvp_srv_status st;
+    kvp_srv_job_status(ss->job, &st);
+    kvp_metrics *m = &s->metrics;
+    pthread_mutex_lock(&m->mu);
+    m->jobs++;
+    m->generated += (uint64_t)ss->n_gen;
+    m->cancelled += finish == KVP_SRV_FINISH_CANCELLED;
+    if (st.t_first > 0) kvp_hist_add(&m->ttft, st.t_first);
+    kvp_hist_add(&m->queue_wait, st.t_queue);
+    kvp_hist_add(&m->job_seconds, kvp_now() - ss->job->t_submit);
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* Ends session ss: the job gets its result, the slot stays as an idle cache. */
+static void kvp_sess_end(kvp_srv *s, kvp_sess *ss, int finish, int error, const char *message) {
+    if (finish != KVP_SRV_FINISH_ERROR) kvp_gen_flush(ss);
+    kvp_sched_count_end(s, ss, finish);
+    kvp_srv_job_done(ss->job, finish, error, message);
+    if (ss->slot) {
+        if (finish == KVP_SRV_FINISH_ERROR) kvp_slot_truncate(ss->slot, 0); /* its state is unknown */
+        ss->slot->sess = NULL;
+        ss->slot->last_used = kvp_now();
+    }
+    kvp_sess **pp = &s->sessions;
+    while (*pp != ss) pp = &(*pp)->next;
+    *pp = ss->next;
+    s->n_sessions--;
+    kvp_gen_free(ss);
+    free(ss);
+}
+
+/* The error class of a library failure inside a session. */
+static int kvp_sched_class(int rc) {
+    if (rc == KVP_EINVAL || rc == KVP_EUNSUPPORTED) return KVP_SRV_EBADREQ;
+    if (rc == KVP_ENOMEM) return KVP_SRV_EBUSY;
+    return KVP_SRV_EINTERNAL;
+}
+
+static void kvp_sess_fail(kvp_srv *s, kvp_sess *ss, int rc) {
+    kvp_sess_end(s, ss, KVP_SRV_FINISH_ERROR, kvp_sched_class(rc), kvp_errmsg());
+}
+
+/* ---- admission ---- */
+
+static void kvp_sched_link(kvp_srv *s, kvp_sess *ss) {
+    kvp_sess **pp = &s->sessions;
+    while (*pp) pp = &(*pp)->next;
+    *pp = ss;
+    s->n_sessions++;
+}
+
+/* Starts a session for job j (popped from the queue). */
+static void kvp_sched_start(kvp_srv *s, kvp_srv_job *j) {
+    kvp_sess *ss = calloc(1, sizeof *ss);
+    if (!ss) {
+        kvp_srv_job_done(j, KVP_SRV_FINISH_ERROR, KVP_SRV_EBUSY, "out of memory starting a session");
+        return;
+    }
+    ss->job = j;
+    kvp_sched_link(s, ss);
+    int rc = kvp_gen_start(s, ss);
+    if (rc == KVP_OK) rc = kvp_reuse_prepare(s, ss);
+    if (rc < 0) kvp_sess_fail(s, ss, rc);
+}
+
+/* 1 when job j fits the KV budget next to the running sessions; a job that cannot fit even
+ * alone is refused. */
+static int kvp_sched_fits(kvp_srv *s, kvp_srv_job *j) {
+    uint64_t need = kvp_budget_need(s, j);
+    if (!s->p.kv_memory || kvp_budget_reserved(s, NULL) + need <= s->p.kv_memory) return 1;
+    if (s->n_sessions > 0) return 0;
+    char msg[256];
+    snprintf(msg, sizeof msg, "the request needs %llu bytes of KV cache (%d prompt + %d generated positions); "
+             "--kv-memory allows %llu", (unsigned long long)need, j->n_tokens, j->max_tokens,
+             (unsigned long long)s->p.kv_memory);
+    kvp_sched_pop(s);
+    kvp_srv_job_done(j, KVP_SRV_FINISH_ERROR, KVP_SRV_EBUSY, msg);
+    return -1;
+}
+
+static void kvp_sched_admit(kvp_srv *s) {
+    kvp_srv_job *j;
+    while (s->n_sessions < s->p.max_sessions && (j = kvp_sched_peek(s))) {
+        if (kvp_job_is_cancelled(j)) {
+            kvp_sched_pop(s);
+            pthread_mutex_lock(&s->metrics.mu);
+            s->metrics.cancelled++;
+            pthread_mutex_unlock(&s->metrics.mu);
+            kvp_srv_job_done(j, KVP_SRV_FINISH_CANCELLED, 0, "cancelled");
+            continue;
+        }
+        int fit = kvp_sched_fits(s, j);
+        if (fit == 0) break;
+        if (fit < 0) continue;
+        kvp_sched_pop(s);
+        kvp_sched_start(s, j);
+        kvp_budget_enforce(s);
+    }
+}
+
+/* ---- steps ---- */
+
+/* Samples one token and feeds it; ends the session when it is finished. */
+static void kvp_sess_generate(kvp_srv *s, kvp_sess *ss) {
+    if (ss->n_gen >= ss->max_gen) {
+        kvp_sess_end(s, ss, KVP_SRV_FINISH_LENGTH, 0, NULL);
+        return;
+    }
+    int tok = 0, rc = kvp_gen_step(s, ss, &tok);
+    if (rc != 0) {
+        if (rc < 0) kvp_sess_fail(s, ss, rc);
+        else kvp_sess_end(s, ss, ss->finish, 0, NULL);
+        return;
+    }
+    rc = kvp_ctx_decode(ss->slot->ctx, &tok, 1, ss->logits, 0);
+    if (rc == KVP_OK) rc = kvp_slot_push(ss->slot, &tok, 1);
+    if (rc < 0) kvp_sess_fail(s, ss, rc);
+}
+
+/* Feeds the next piece of the prompt; after the last one, the first token is generated
+ * and the prompt's new chunks are stored. */
+static void kvp_sess_prefill(kvp_srv *s, kvp_sess *ss, int piece) {
+    kvp_srv_job *j = ss->job;
+    int b = KVP_MIN(piece, j->n_tokens - ss->fed), last = ss->fed + b == j->n_tokens;
+    int rc = kvp_ctx_decode(ss->slot->ctx, j->tokens + ss->fed, b, last ? ss->logits : NULL, 0);
+    if (rc == KVP_OK) rc = kvp_slot_push(ss->slot, j->tokens + ss->fed, b);
+    if (rc < 0) {
+        kvp_sess_fail(s, ss, rc);
+        return;
+    }
+    ss->fed += b;
+    if (!last) return;
+    ss->state = KVP_SESS_DECODE;
+    kvp_slot *sl = ss->slot;
+    int no_reuse = j->no_reuse, n = j->n_tokens;
+    int *toks = no_reuse ? NULL : malloc(sizeof(int) * (size_t)n);
+    if (toks) memcpy(toks, j->tokens, sizeof(int) * (size_t)n);
+    kvp_sess_generate(s, ss); /* may end (and free) the session */
+    if (toks && kvp_ctx_pos(sl->ctx) >= n) kvp_sstore_save(s, sl, toks, n);
+    free(toks);
+}
+
+static void kvp_sess_advance(kvp_srv *s, kvp_sess *ss, int piece) {
+    if (kvp_job_is_cancelled(ss->job)) kvp_sess_end(s, ss, KVP_SRV_FINISH_CANCELLED, 0, "cancelled");
+    else if (ss->state == KVP_SESS_PREFILL) kvp_sess_prefill(s, ss, piece);
+    else kvp_sess_generate(s, ss);
+}
+
+static void kvp_sched_round(kvp_srv *s) {
+    int decoding = 0;
+    for (kvp_sess *ss = s->sessions; ss; ss = ss->next) decoding += ss->state == KVP_SESS_DECODE;
+    int piece = decoding ? KVP_MIN(s->p.n_batch, KVP_PIECE_SHARED) : s->p.n_batch;
+    int n = s->n_sessions;
+    kvp_sess **order = malloc(sizeof *order * (size_t)(n ? n : 1));
+    if (!order) return;
+    int k = 0;
+    for (kvp_sess *ss = s->sessions; ss; ss = ss->next) order[k++] = ss;
+    for (int i = 0; i < k; i++) kvp_sess_advance(s, order[i], piece); /* a step may end its session */
+    free(order);
+}
+
+/* ---- gauges and shutdown ---- */
+
+static void kvp_sched_gauges(kvp_srv *s) {
+    int idle = 0;
+    for (int i = 0; i < s->n_slots; i++) idle += !s->slots[i]->sess;
+    uint64_t hot = kvp_budget_hot(s), cold = kvp_cold_bytes(s);
+    pthread_mutex_lock(&s->mu);
+    int queued = s->n_queued;
+    pthread_mutex_unlock(&s->mu);
+    kvp_metrics *m = &s->metrics;
+    pthread_mutex_lock(&m->mu);
+    m->sessions = s->n_sessions;
+    m->queued = queued;
+    m->idle = idle;
+    m->cold_entries = s->n_cold;
+    m->kv_hot = hot;
+    m->kv_cold = cold;
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void kvp_sched_shutdown(kvp_srv *s) {
+    while (s->sessions) kvp_sess_end(s, s->sessions, KVP_SRV_FINISH_ERROR, KVP_SRV_EBUSY, "the server is shutting down");
+    kvp_srv_job *j;
+    while ((j = kvp_sched_peek(s))) {
+        kvp_sched_pop(s);
+        kvp_srv_job_done(j, KVP_SRV_FINISH_ERROR, KVP_SRV_EBUSY, "the server is shutting down");
+    }
+    kvp_sched_gauges(s);
+}
+
+void *kvp_sched_main(void *arg) {
+    kvp_srv *s = arg;
+    while (kvp_sched_wait(s)) {
+        kvp_sched_admit(s);
+        kvp_sched_round(s);
+        kvp_budget_enforce(s);
+        kvp_sched_gauges(s);
+    }
+    kvp_sched_shutdown(s);
+    return NULL;
+}

@@ -1,0 +1,242 @@
+/*
+ * test_codec.c: the context codec's building blocks: checksums and hashes against published
+ * vectors (and the hardware CRC against its table twin), the bit writer's bounds, histogram
+ * normalization, rANS round trips, and planes of every kind over odd sizes (fast decoding
+ * path against its reference twin, error bounds, bit-exact lossless, identical bytes when
+ * encoded twice, hostile bytes).
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "codec/codec.h"
+#include "codec/hash.h"
+#include "codec/plane.h"
+#include "codec/rans.h"
+#include "common/common.h"
+#include "kvpack.h"
+#include "test.h"
+
+TEST(codec_crc32c_vectors) {
+    CHECK(kvp_crc32c(0, "123456789", 9) == 0xE3069283u);
+    CHECK(kvp_crc32c_ref(0, "123456789", 9) == 0xE3069283u);
+    CHECK(kvp_crc32c(0, "", 0) == 0);
+    unsigned long long s = 7;
+    uint8_t buf[1031];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)kvt_rand_u64(&s);
+    for (size_t off = 0; off < 9; off++)
+        for (size_t n = 0; n + off <= sizeof buf; n += 1 + n / 7)
+            CHECKF(kvp_crc32c(0, buf + off, n) == kvp_crc32c_ref(0, buf + off, n), "offset %zu length %zu", off, n);
+    /* continuing a CRC over two pieces equals the CRC of the whole */
+    CHECK(kvp_crc32c(kvp_crc32c(0, buf, 100), buf + 100, 931) == kvp_crc32c(0, buf, 1031));
+}
+
+TEST(codec_xxh64_vectors) {
+    CHECK(kvp_xxh64("", 0, 0) == 0xEF46DB3751D8E999ull);
+    CHECK(kvp_xxh64("a", 1, 0) == 0xD24EC4F1A98C6E5Bull);
+    CHECK(kvp_xxh64("abc", 3, 0) == 0x44BC2CF5AD770999ull);
+    const char *s = "Nobody inspects the spammish repetition";
+    CHECK(kvp_xxh64(s, strlen(s), 0) == 0xFBCEA83C8A378BF1ull);
+    CHECK(kvp_xxh64(s, strlen(s), 1) != kvp_xxh64(s, strlen(s), 0));
+}
+
+TEST(codec_bitwriter_bounds) {
+    uint8_t buf[8];
+    memset(buf, 0xAB, sizeof buf);
+    kvp_bitw w;
+    kvp_bitw_init(&w, buf, 5);
+    for (int i = 0; i < 20; i++) kvp_bitw_put(&w, 0x1ff, 9); /* 180 bits into 40 */
+    CHECK(kvp_bitw_finish(&w) == 0 && w.overflow);
+    CHECK(buf[5] == 0xAB && buf[6] == 0xAB && buf[7] == 0xAB); /* nothing past the cap */
+    kvp_bitw_init(&w, buf, 8);
+    kvp_bitw_put(&w, 5, 3);
+    kvp_bitw_put_sexp(&w, -300);
+    kvp_bitw_put(&w, 0xdeadbeef, 32);
+    size_t n = kvp_bitw_finish(&w);
+    CHECK(n > 0 && !w.overflow);
+    kvp_bitr r;
+    kvp_bitr_init(&r, buf, n);
+    CHECK(kvp_bitr_get(&r, 3) == 5);
+    CHECK(kvp_bitr_get_sexp(&r) == -300);
+    CHECK(kvp_bitr_get(&r, 32) == 0xdeadbeef);
+    CHECK(!r.overrun);
+    kvp_bitr_get(&r, 32);
+    CHECK(r.overrun); /* past the end: flagged, zeros */
+}
+
+TEST(codec_histogram_normalizes) {
+    unsigned long long s = 3;
+    for (int trial = 0; trial < 500; trial++) {
+        uint8_t codes[KVP_SYM_COUNT] = {0};
+        int n = 1 + (int)(kvt_rand_u64(&s) % KVP_SYM_COUNT);
+        for (int i = 0; i < n; i++) codes[i] = (uint8_t)(kvt_rand_u64(&s) % KVP_HIST_CODES);
+        if (trial % 5 == 0) codes[n - 1] = 63, codes[0] = 1; /* extreme ratios */
+        codes[n - 1] = codes[n - 1] ? codes[n - 1] : 1;
+        kvp_rans_model m;
+        CHECK_OK(kvp_hist_model(codes, n, &m));
+        uint32_t sum = 0;
+        for (int i = 0; i < KVP_SYM_COUNT; i++) {
+            CHECKF((m.freq[i] > 0) == (i < n && codes[i] > 0), "trial %d symbol %d", trial, i);
+            sum += m.freq[i];
+        }
+        CHECKF(sum == KVP_RANS_TOTAL, "trial %d: sum %u", trial, sum);
+    }
+    uint8_t none[KVP_SYM_COUNT] = {0};
+    kvp_rans_model m;
+    CHECK(kvp_hist_model(none, 5, &m) == KVP_EFORMAT);
+}
+
+/* Encodes n symbols drawn from `counts`, decodes them back. */
+static void kvt_rans_trip(const uint32_t *counts, int n, unsigned long long seed) {
+    uint8_t codes[KVP_SYM_COUNT];
+    int len = kvp_hist_codes(counts, codes);
+    kvp_rans_model m;
+    CHECK_OK(kvp_hist_model(codes, len, &m));
+    int *sym = malloc(sizeof(int) * (size_t)n);
+    uint32_t tot = 0, *table = malloc(sizeof(uint32_t) * KVP_RANS_TOTAL);
+    for (int s = 0; s < KVP_SYM_COUNT; s++) tot += counts[s];
+    for (int i = 0; i < n; i++) { /* draw symbols in proportion to counts */
+        uint32_t r = (uint32_t)(kvt_rand_u64(&seed) % tot), s = 0;
+        while (r >= counts[s]) r -= counts[s++];
+        sym[i] = (int)s;
+    }
+    size_t cap = 2 * (size_t)n + 64;
+    uint8_t *buf = malloc(cap), *start = NULL;
+    kvp_rans_enc e;
+    kvp_rans_enc_init(&e, buf, cap);
+    for (int i = n - 1; i >= 0; i--) kvp_rans_enc_put(&e, i & 3, m.cum[sym[i]], m.freq[sym[i]]);
+    size_t size = kvp_rans_enc_finish(&e, &start);
+    CHECK(size >= 16);
+    kvp_rans_table(&m, table);
+    kvp_rans_dec d;
+    CHECK_OK(kvp_rans_dec_init(&d, start, size));
+    for (int i = 0; i < n; i++) CHECKF(kvp_rans_dec_get(&d, i & 3, table) == sym[i], "symbol %d of %d", i, n);
+    CHECK_OK(kvp_rans_dec_finish(&d));
+    free(sym);
+    free(table);
+    free(buf);
+}
+
+TEST(codec_rans_roundtrip) {
+    static const int sizes[] = {1, 2, 3, 4, 5, 7, 64, 1001, 20000};
+    uint32_t counts[KVP_SYM_COUNT];
+    unsigned long long s = 11;
+    for (size_t k = 0; k < KVP_ARRAY_LEN(sizes); k++) {
+        for (int shape = 0; shape < 4; shape++) {
+            memset(counts, 0, sizeof counts);
+            if (shape == 0) counts[0] = 1;                                          /* one symbol */
+            if (shape == 1) for (int i = 0; i < 20; i++) counts[i] = 1000 >> (i / 2); /* geometric */
+            if (shape == 2) for (int i = 0; i < KVP_SYM_COUNT; i++) counts[i] = 1;  /* flat, all 86 */
+            if (shape == 3) counts[0] = 100000, counts[85] = 1, counts[40] = 3;     /* skewed */
+            kvt_rans_trip(counts, sizes[k], s++);
+            if (kvt_failed()) return;
+        }
+    }
+}
+
+TEST(codec_rans_rejects_bad_streams) {
+    uint8_t buf[16] = {0};
+    kvp_rans_dec d;
+    CHECK(kvp_rans_dec_init(&d, buf, 15) == KVP_EFORMAT); /* shorter than the states */
+    CHECK(kvp_rans_dec_init(&d, buf, 16) == KVP_EFORMAT); /* states below 2^16 */
+}
+
+/* ---- planes ---- */
+
+/* Fills x with values of kind `kind`: lossy and exact16 get F16 values with an outlier
+ * channel and specials; exact32 gets arbitrary F32 bit patterns. */
+static void kvt_plane_data(float *x, int n, int d, int kind, unsigned long long seed) {
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < d; c++) {
+            float v = kvt_randf(&seed) * (1.0f + (float)(c % 5)) + (c == 1 ? 6.0f : 0.0f) + 0.01f * (float)t;
+            if (kind == KVP_PLANE_EXACT32) {
+                uint32_t b = (uint32_t)kvt_rand_u64(&seed);
+                memcpy(&v, &b, 4);
+                if ((t + c) % 3) v = kvt_randf(&seed) * 3.0f;
+            }
+            if (kind != KVP_PLANE_EXACT32) v = kvp_f16_to_f32(kvp_f32_to_f16(v));
+            x[(size_t)t * d + c] = v;
+        }
+    if (kind == KVP_PLANE_EXACT16 && n * d >= 4) {
+        x[0] = -0.0f;
+        x[1] = kvp_f16_to_f32(1);      /* smallest subnormal */
+        x[2] = kvp_f16_to_f32(0x7c00); /* +inf */
+        x[3] = kvp_f16_to_f32(0xfbff); /* most negative finite */
+    }
+}
+
+static int kvt_bits_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof *a) == 0; }
+
+/* One plane of (n, d) of a kind: round trip through both decoding paths. */
+static void kvt_plane_case(int n, int d, int kind, float step) {
+    size_t N = (size_t)n * d, cap = kvp_plane_bound(n, d), size = 0, size2 = 0;
+    float *x = malloc(N * 4), *y = malloc(N * 4), *z = malloc(N * 4);
+    uint8_t *out = malloc(cap), *out2 = malloc(cap);
+    kvp_plane_work w = {0}, w2 = {0}, wr = {0};
+    wr.ref = 1;
+    kvt_plane_data(x, n, d, kind, (unsigned long long)(n * 1000 + d * 10 + kind));
+    CHECK_OK(kvp_plane_encode(x, n, d, kind, step, &w, out, cap, &size));
+    CHECK_OK(kvp_plane_encode(x, n, d, kind, step, &w2, out2, cap, &size2));
+    CHECKF(size == size2 && !memcmp(out, out2, size), "(%d, %d) kind %d: two encodings differ", n, d, kind);
+    int k = -1;
+    CHECK_OK(kvp_plane_decode(out, size, n, d, y, &w, &k));
+    CHECK(k == kind);
+    CHECK_OK(kvp_plane_decode(out, size, n, d, z, &wr, NULL));
+    CHECKF(kvt_bits_equal(y, z, N), "(%d, %d): fast and reference decoding differ", n, d);
+    for (size_t i = 0; i < N && kind != KVP_PLANE_LOSSY; i++)
+        CHECKF(!memcmp(&x[i], &y[i], 4), "(%d, %d) kind %d: value %zu %g != %g", n, d, kind, i, x[i], y[i]);
+    for (size_t i = 0; i < N && kind == KVP_PLANE_LOSSY; i++)
+        CHECKF(fabsf(x[i] - y[i]) <= step * 0.5f + fabsf(x[i]) * 1e-6f, /* step / 2, up to float rounding */
+               "(%d, %d): value %zu error %g > step/2 %g", n, d, i, fabsf(x[i] - y[i]), step / 2);
+    kvp_plane_work_free(&w);
+    kvp_plane_work_free(&w2);
+    kvp_plane_work_free(&wr);
+    free(x), free(y), free(z), free(out), free(out2);
+}
+
+TEST(codec_plane_roundtrip_odd_sizes) {
+    static const int shapes[][2] = {{1, 1}, {1, 4}, {2, 3}, {3, 5}, {7, 8}, {17, 12}, {33, 64}, {256, 64}, {64, 130}};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(shapes); i++)
+        for (int kind = 0; kind < 3; kind++) {
+            kvt_plane_case(shapes[i][0], shapes[i][1], kind, 0.05f);
+            if (kvt_failed()) return;
+        }
+    kvt_plane_case(100, 16, KVP_PLANE_LOSSY, 1e-4f); /* fine steps: large residuals and raw bits */
+    kvt_plane_case(100, 16, KVP_PLANE_LOSSY, 100.0f); /* coarse: everything rounds to zero */
+}
+
+TEST(codec_plane_rejects_bad_input) {
+    kvp_plane_work w = {0};
+    float x[8] = {0, 1, 2, NAN, 4, 5, 6, 7}, y[8];
+    uint8_t out[4096];
+    size_t size;
+    CHECK(kvp_plane_encode(x, 2, 4, KVP_PLANE_LOSSY, 0.1f, &w, out, sizeof out, &size) == KVP_EINVAL);
+    x[3] = 3.3333333f; /* not an F16 */
+    CHECK(kvp_plane_encode(x, 2, 4, KVP_PLANE_EXACT16, 1, &w, out, sizeof out, &size) == KVP_EINVAL);
+    CHECK(kvp_plane_encode(x, 2, 4, KVP_PLANE_LOSSY, 0.0f, &w, out, sizeof out, &size) == KVP_EINVAL);
+    CHECK(kvp_plane_encode(x, 2, 4, KVP_PLANE_LOSSY, 0.1f, &w, out, 30, &size) == KVP_ERANGE); /* too small */
+    CHECK_OK(kvp_plane_encode(x, 2, 4, KVP_PLANE_EXACT32, 1, &w, out, sizeof out, &size));
+    for (size_t cut = 0; cut < size; cut++) /* every truncation fails cleanly */
+        CHECKF(kvp_plane_decode(out, cut, 2, 4, y, &w, NULL) == KVP_EFORMAT, "truncated at %zu", cut);
+    CHECK(kvp_plane_decode(out, size, 3, 4, y, &w, NULL) != KVP_OK); /* wrong shape */
+    kvp_plane_work_free(&w);
+}
+
+TEST(codec_plane_survives_flipped_bits) {
+    int n = 40, d = 12;
+    size_t N = (size_t)n * d, cap = kvp_plane_bound(n, d), size = 0;
+    float *x = malloc(N * 4), *y = malloc(N * 4);
+    uint8_t *out = malloc(cap), *bad = malloc(cap);
+    kvp_plane_work w = {0};
+    for (int kind = 0; kind < 3; kind++) {
+        kvt_plane_data(x, n, d, kind, 99);
+        CHECK_OK(kvp_plane_encode(x, n, d, kind, 0.02f, &w, out, cap, &size));
+        for (size_t bit = 0; bit < size * 8; bit += 3) { /* decodes or fails; never reads out of bounds */
+            memcpy(bad, out, size);
+            bad[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            int rc = kvp_plane_decode(bad, size, n, d, y, &w, NULL);
+            CHECK(rc == KVP_OK || rc == KVP_EFORMAT);
+        }
+    }
+    kvp_plane_work_free(&w);
+    free(x), free(y), free(out), free(bad);
+}

@@ -1,0 +1,138 @@
+/*
+ * test_codec_golden.c: golden .kvz bitstreams (tests/golden/kvz-*.kvz). Each is encoded from
+ * synthetic KV made by an integer generator (no model, no floating-point kernels, so the
+ * bytes are the same on every machine) with a fixed fingerprint. The test checks that
+ * encoding today gives exactly the committed bytes (any format or encoder change shows up
+ * here and must come with a version decision and new golden files), and that the committed
+ * files decode within each plane's half step (lossless: bit-exact).
+ *
+ * To regenerate after a deliberate change: KVP_WRITE_GOLDEN=1 build/kvpack-tests codec_golden
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "codec/codec.h"
+#include "codec/hash.h"
+#include "common/common.h"
+#include "kvpack.h"
+#include "test.h"
+
+enum { KVT_L = 2, KVT_KVH = 2, KVT_HD = 8, KVT_KVD = KVT_KVH * KVT_HD, KVT_N = 300, KVT_C = 256 };
+
+/* Value i of plane p: F16 values from an integer generator (exact32: arbitrary F32). */
+static float kvt_golden_value(int p, size_t i, int f32) {
+    uint64_t s = (uint64_t)p * 0x9E3779B97F4A7C15ull + i * 0xD1B54A32D192ED03ull + 1;
+    s ^= s >> 31, s *= 0xBF58476D1CE4E5B9ull, s ^= s >> 29;
+    int c = (int)(i % KVT_KVD);
+    int32_t q = (int32_t)(s % 4001) - 2000 + (c == 3 ? 6000 : 0); /* an outlier channel */
+    float v = (float)q / 1024.0f * (p % 2 ? 0.25f : 1.0f);
+    if (f32) v += (float)(s >> 40) * 1e-9f;
+    return f32 ? v : kvp_f16_to_f32(kvp_f32_to_f16(v));
+}
+
+static void kvt_golden_kv(int pos, int n, int f32, float *kv) {
+    for (int p = 0; p < 2 * KVT_L; p++)
+        for (size_t j = 0; j < (size_t)n * KVT_KVD; j++)
+            kv[(size_t)p * n * KVT_KVD + j] = kvt_golden_value(p, (size_t)pos * KVT_KVD + j, f32);
+}
+
+static void kvt_golden_header(kvp_kvz_header *h, int *tokens) {
+    memset(h, 0, sizeof *h);
+    memcpy(h->fp.arch, "golden", 7);
+    h->fp.n_layers = KVT_L, h->fp.n_heads = 4, h->fp.n_kv_heads = KVT_KVH, h->fp.head_dim = KVT_HD;
+    h->fp.dim = 32, h->fp.hidden_dim = 64, h->fp.vocab_size = 1000, h->fp.rope_theta_bits = 0x461c4000;
+    h->fp.weight_type = KVP_TYPE_F32, h->fp.weight_bytes = 123456, h->fp.weights_hash = 0x0123456789abcdefull;
+    h->n_tokens = KVT_N, h->chunk_tokens = KVT_C, h->n_chunks = (KVT_N + KVT_C - 1) / KVT_C;
+    h->token_bytes = 2, h->kv_type = KVP_TYPE_F16;
+    h->header_size = kvp_kvz_header_bytes(h->n_tokens, h->n_chunks, h->token_bytes);
+    for (int i = 0; i < KVT_N; i++) tokens[i] = (i * 37 + 1) % 1000;
+}
+
+/* Encodes the golden context with one level per chunk into a malloc'ed image. */
+static uint8_t *kvt_golden_encode(const int *levels, int f32, size_t *size) {
+    kvp_kvz_header h;
+    int tokens[KVT_N];
+    kvt_golden_header(&h, tokens);
+    if (f32) h.kv_type = KVP_TYPE_F32;
+    kvp_chunk_shape s = {KVT_L, KVT_KVH, KVT_HD};
+    kvp_kvz_chunk_info table[2];
+    size_t cap = (size_t)h.header_size + 2 * kvp_chunk_bound(&s, KVT_C), at = h.header_size;
+    uint8_t *out = malloc(cap);
+    float *kv = malloc(sizeof(float) * 2 * KVT_L * KVT_C * KVT_KVD);
+    kvp_codec *cd = NULL;
+    if (!out || !kv || kvp_codec_new(NULL, &cd) < 0) return NULL;
+    for (int i = 0; i < h.n_chunks; i++) {
+        int pos = i * KVT_C, n = KVP_MIN(KVT_C, KVT_N - pos);
+        size_t cs = 0;
+        kvt_golden_kv(pos, n, f32, kv);
+        if (kvp_chunk_encode(cd, &s, pos, n, levels[i], kv, NULL, out + at, cap - at, &cs) < 0) return NULL;
+        table[i] = (kvp_kvz_chunk_info){pos, n, levels[i], at, (uint32_t)cs, kvp_crc32c(0, out + at, cs)};
+        at += cs;
+    }
+    h.total_size = at;
+    kvp_kvz_write_header(&h, tokens, table, out);
+    kvp_codec_free(cd);
+    free(kv);
+    *size = at;
+    return out;
+}
+
+/* Decodes a golden image and checks it against the generator. */
+static void kvt_golden_decode(const uint8_t *buf, size_t size, int f32) {
+    kvp_kvz *z = NULL;
+    CHECK_OK(kvp_kvz_open(buf, size, &z));
+    const kvp_kvz_info *in = kvp_kvz_get_info(z);
+    CHECK(in->n_tokens == KVT_N && in->n_chunks == 2 && in->n_layers == KVT_L && !strcmp(in->arch, "golden"));
+    float *kv = malloc(sizeof(float) * 2 * KVT_L * KVT_C * KVT_KVD), *src = malloc(sizeof(float) * 2 * KVT_L * KVT_C * KVT_KVD);
+    for (int i = 0; i < in->n_chunks; i++) {
+        kvp_kvz_chunk_info ci;
+        CHECK_OK(kvp_kvz_chunk(z, i, &ci));
+        if (ci.level == KVP_LEVEL_TEXT) {
+            CHECK(kvp_kvz_decode_chunk(z, i, NULL, 0, kv) == KVP_EINVAL);
+            continue;
+        }
+        CHECK_OK(kvp_kvz_decode_chunk(z, i, NULL, 0, kv));
+        kvt_golden_kv(ci.first_pos, ci.n_tokens, f32, src);
+        size_t N = (size_t)ci.n_tokens * KVT_KVD;
+        for (int p = 0; p < 2 * KVT_L; p++) {
+            const float *x = src + (size_t)p * N, *y = kv + (size_t)p * N;
+            double ss = 0;
+            for (size_t j = 0; j < N; j++) ss += (double)x[j] * x[j];
+            float half = ci.level == KVP_LEVEL_LOSSLESS ? 0 : kvp_codec_step(ci.level, p % 2, sqrt(ss / (double)N), 1.0) / 2;
+            for (size_t j = 0; j < N; j++)
+                CHECKF(fabsf(x[j] - y[j]) <= half + fabsf(x[j]) * 1e-6f, "chunk %d plane %d value %zu: %g vs %g", i, p,
+                       j, x[j], y[j]);
+        }
+    }
+    free(kv), free(src);
+    kvp_kvz_free(z);
+}
+
+static void kvt_golden_case(const char *name, int l0, int l1, int f32) {
+    int levels[2] = {l0, l1};
+    size_t size = 0, gsize = 0;
+    uint8_t *buf = kvt_golden_encode(levels, f32, &size);
+    CHECKF(buf, "%s: %s", name, kvp_errmsg());
+    char path[256];
+    snprintf(path, sizeof path, "tests/golden/%s", name);
+    if (getenv("KVP_WRITE_GOLDEN")) {
+        FILE *f = fopen(path, "wb");
+        CHECKF(f && fwrite(buf, 1, size, f) == size, "cannot write %s", path);
+        fclose(f);
+        printf("wrote %s (%zu bytes)\n", path, size);
+    }
+    void *golden = NULL;
+    CHECKF(kvp_read_file(path, &golden, &gsize) == KVP_OK, "%s is missing (%s)", path, kvp_errmsg());
+    CHECKF(gsize == size && !memcmp(golden, buf, size), "%s: today's encoder gives other bytes (%zu vs %zu): the "
+           "format or the encoder changed", path, size, gsize);
+    kvt_golden_decode(golden, gsize, f32);
+    free(golden);
+    free(buf);
+}
+
+TEST(codec_golden_low) { kvt_golden_case("kvz-low.kvz", KVP_LEVEL_LOW, KVP_LEVEL_LOW, 0); }
+TEST(codec_golden_medium) { kvt_golden_case("kvz-medium.kvz", KVP_LEVEL_MEDIUM, KVP_LEVEL_MEDIUM, 0); }
+TEST(codec_golden_high) { kvt_golden_case("kvz-high.kvz", KVP_LEVEL_HIGH, KVP_LEVEL_HIGH, 0); }
+TEST(codec_golden_lossless16) { kvt_golden_case("kvz-lossless16.kvz", KVP_LEVEL_LOSSLESS, KVP_LEVEL_LOSSLESS, 0); }
+TEST(codec_golden_lossless32) { kvt_golden_case("kvz-lossless32.kvz", KVP_LEVEL_LOSSLESS, KVP_LEVEL_LOSSLESS, 1); }
+TEST(codec_golden_mixed_text) { kvt_golden_case("kvz-mixed.kvz", KVP_LEVEL_MEDIUM, KVP_LEVEL_TEXT, 0); }
