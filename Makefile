@@ -27,6 +27,24 @@ KVP_CFLAGS += -DKVP_HAVE_HIREDIS $(shell pkg-config --cflags hiredis 2>/dev/null
 LDLIBS  += $(or $(shell pkg-config --libs hiredis 2>/dev/null),-lhiredis)
 endif
 
+# libmicrohttpd (HTTP) and cJSON (JSON) are optional, for `kvpack serve` only: found by
+# pkg-config; without them `kvpack serve` exits with a message naming what is missing. They
+# are linked into the kvpack binary and the tests, never into the library.
+KVP_MHD   := $(shell pkg-config --exists libmicrohttpd 2>/dev/null && echo 1)
+KVP_CJSON := $(shell pkg-config --exists libcjson 2>/dev/null && echo 1)
+ifeq ($(KVP_MHD),1)
+KVP_CFLAGS += -DKVP_HAVE_MHD
+endif
+ifeq ($(KVP_CJSON),1)
+KVP_CFLAGS += -DKVP_HAVE_CJSON $(shell pkg-config --cflags libcjson)
+endif
+ifeq ($(KVP_MHD)$(KVP_CJSON),11)
+KVP_CFLAGS += -DKVP_HAVE_SERVE $(shell pkg-config --cflags libmicrohttpd)
+$(BUILD)/kvpack $(BUILD)/kvpack-tests: LDLIBS += $(shell pkg-config --libs libmicrohttpd libcjson)
+else ifeq ($(KVP_CJSON),1)
+$(BUILD)/kvpack-tests: LDLIBS += $(shell pkg-config --libs libcjson)
+endif
+
 # Per-architecture kernel files are compiled for their instruction set and chosen at run time.
 AVX2_FLAGS   = -mavx2 -mfma -mf16c
 AVX512_FLAGS = -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -mavx2

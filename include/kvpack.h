@@ -458,6 +458,7 @@ typedef struct kvp_eval_result {
     double decode_tps;           /* tokens per second of this cache's context */
     double recall;               /* recall: share of answers right */
     long recall_correct, recall_total;
+    uint64_t kv_bytes_cold;      /* the part of kv_bytes in a cold tier (docs/selection.md) */
 } kvp_eval_result;
 
 /* Feeds tokens (n, starting with BOS) token by token through a reference context and one

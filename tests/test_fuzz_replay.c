@@ -11,6 +11,9 @@
 #include "test.h"
 
 int kvp_fuzz_gguf(const uint8_t *data, size_t size);
+int kvp_fuzz_kvz_header(const uint8_t *data, size_t size);
+int kvp_fuzz_kvz_chunk(const uint8_t *data, size_t size);
+int kvp_fuzz_kvz_rans(const uint8_t *data, size_t size);
 
 typedef struct {
     const char *name;
@@ -19,6 +22,9 @@ typedef struct {
 
 static const kvt_fuzz_target kvt_targets[] = {
     {"fuzz_gguf", kvp_fuzz_gguf},
+    {"fuzz_kvz_header", kvp_fuzz_kvz_header},
+    {"fuzz_kvz_chunk", kvp_fuzz_kvz_chunk},
+    {"fuzz_kvz_rans", kvp_fuzz_kvz_rans},
 };
 
 /* Replays one corpus directory; returns the number of inputs, or -1 when it is missing. */

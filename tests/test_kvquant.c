@@ -193,31 +193,46 @@ static kvp_kvq_par kq_par(int kind, int n, uint8_t *sc, uint8_t *mc, uint16_t *s
     return (kvp_kvq_par){NULL, NULL, NULL, NULL, NULL, add};
 }
 
-static void kq_prep_case(const kvp_kvq_table *tab, int nt, int n, int nq, int kind, unsigned long long *s) {
+/* One case of query (pass 0) and weight (pass 1) quantization, with the residual plane
+ * when `planes` is 2: bytes and alpha identical to the `_ref` twin, beta close. */
+static void kq_prep_case(const kvp_kvq_table *tab, int nt, int n, int nq, int kind, int planes, unsigned long long *s) {
     int ld = n + 2, ldi = (n + 3) / 4 * 4 + 1;
+    size_t nb = (size_t)nq * ldi;
     float *x = malloc(sizeof(float) * (size_t)nq * ld), *sf = malloc(sizeof(float) * n), *mf = malloc(sizeof(float) * n);
-    uint8_t *sc = malloc((size_t)n), *mc = malloc((size_t)n), *want = malloc((size_t)nq * ldi), *got = malloc((size_t)nq * ldi);
+    uint8_t *sc = malloc((size_t)n), *mc = malloc((size_t)n), *want = malloc(2 * nb), *got = malloc(2 * nb);
     uint16_t sup[3];
     float wa[4], wb[4], ga[4], gb[4];
     kvp_kvq_par p = kq_par(kind, n, sc, mc, sup, sf, mf, s);
+    kvp_kvq_bytes wo = {want, planes == 2 ? want + nb : NULL, ldi, wa, wb}, go = {got, planes == 2 ? got + nb : NULL, ldi, ga, gb};
     for (int pass = 0; pass < 2 && !kvt_failed(); pass++) {
         kq_floats(x, (size_t)nq * ld, 2, s);
         for (int i = 0; pass == 1 && i < nq * ld; i++) x[i] = fabsf(x[i]); /* weights are >= 0 */
-        memset(want, 0x55, (size_t)nq * ldi);
-        if (pass == 0) kvp_kvq_query_ref(x, ld, nq, &p, n, 0.125f, (int8_t *)want, ldi, wa, wb);
-        else kvp_kvq_weights_ref(x, ld, nq, &p, n, want, ldi, wa, wb);
+        memset(want, 0x55, 2 * nb);
+        if (pass == 0) kvp_kvq_query_ref(x, ld, nq, &p, n, 0.125f, &wo);
+        else kvp_kvq_weights_ref(x, ld, nq, &p, n, &wo);
         for (int k = 0; k < nt && !kvt_failed(); k++) {
-            memset(got, 0x55, (size_t)nq * ldi);
-            if (pass == 0) tab[k].query(x, ld, nq, &p, n, 0.125f, (int8_t *)got, ldi, ga, gb);
-            else tab[k].weights(x, ld, nq, &p, n, got, ldi, ga, gb);
-            CHECKF(!memcmp(want, got, (size_t)nq * ldi), "%s %s bytes: n %d, %d rows, parameters %d", tab[k].isa,
-                   pass ? "weights" : "query", n, nq, kind);
+            memset(got, 0x55, 2 * nb);
+            if (pass == 0) tab[k].query(x, ld, nq, &p, n, 0.125f, &go);
+            else tab[k].weights(x, ld, nq, &p, n, &go);
+            CHECKF(!memcmp(want, got, 2 * nb), "%s %s bytes: n %d, %d rows, parameters %d, %d planes", tab[k].isa,
+                   pass ? "weights" : "query", n, nq, kind, planes);
             for (int j = 0; j < nq; j++) {
                 CHECKF(ga[j] == wa[j], "%s alpha: n %d, %g vs %g", tab[k].isa, n, ga[j], wa[j]);
                 CHECKF(fabsf(gb[j] - wb[j]) <= 1e-5f * n * (fabsf(wb[j]) + 300), "%s beta: n %d, %g vs %g", tab[k].isa, n,
                        gb[j], wb[j]);
             }
         }
+    }
+    /* the two planes reproduce u = x s to 1/65000 of the row's largest element */
+    for (int j = 0; planes == 2 && j < nq; j++) {
+        double umax = 0, err = 0;
+        for (int t = 0; t < n; t++) {
+            double u = (double)x[(size_t)j * ld + t] * (p.sc ? kvp_f16_to_f32(sup[0]) * sc[t] : p.s ? p.s[t] : 1.0f);
+            double r = wa[j] * (want[(size_t)j * ldi + t] + want[nb + (size_t)j * ldi + t] / 255.0);
+            umax = fmax(umax, fabs(u));
+            err = fmax(err, fabs(u - r));
+        }
+        CHECKF(err <= umax / 60000 + 1e-30, "weights: residual plane leaves %g of %g", err, umax);
     }
     free(x), free(sf), free(mf), free(sc), free(mc), free(want), free(got);
 }
@@ -229,7 +244,8 @@ TEST(kvq_query_weights_match_ref) {
     static const int ns[] = {1, 3, 7, 33, 1023}, nqs[] = {1, 3};
     for (size_t i = 0; i < KVP_ARRAY_LEN(ns); i++)
         for (size_t q = 0; q < KVP_ARRAY_LEN(nqs); q++)
-            for (int kind = 0; kind < 6 && !kvt_failed(); kind++) kq_prep_case(tab, nt, ns[i], nqs[q], kind, &s);
+            for (int kind = 0; kind < 6 && !kvt_failed(); kind++)
+                for (int planes = 1; planes <= 2; planes++) kq_prep_case(tab, nt, ns[i], nqs[q], kind, planes, &s);
 }
 
 TEST(kvq_softmax_match_ref) {
@@ -384,7 +400,8 @@ static double kq_run(kq_cache *c, const int *steps, int n_steps, unsigned long l
 
 TEST(kivi_attend_matches_dequantized) {
     static const char *const specs[] = {"k2v2:r16:g16", "k3v4:r0:g32", "k4v4:r8:g16", "k8v8:r0:g16",
-                                        "k8v2:r16:g32:rot", "k4v3:r0:g16:bal", "k2v8:r0:g48"};
+                                        "k8v2:r16:g32:rot", "k4v3:r0:g16:bal", "k2v8:r0:g48", "k4v4:r0:g32:a8",
+                                        "k8v8:r4:g16:a8"};
     static const int hds[] = {8, 7, 33, 64};
     static const int steps[] = {37, 1, 1, 20, 1, 5, 1, 30, 1, 3};
     unsigned long long s = 18;
@@ -394,9 +411,9 @@ TEST(kivi_attend_matches_dequantized) {
             int kvh = hds[h] == 8 ? 4 : 2;
             CHECK_OK(kq_open(&c, specs[i], 2, 3 * kvh, kvh, hds[h], 128));
             double worst = kq_run(&c, steps, (int)KVP_ARRAY_LEN(steps), &s);
-            if (getenv("KQ_PRINT")) printf("%s hd %d: %g\n", specs[i], hds[h], worst);
-            /* 8-bit queries and attention weights (kvq.h): about 1% of the largest value */
-            CHECKF(worst <= 0.01 || getenv("KQ_PRINT"), "%s, head dim %d: attention differs from the dequantized values by %g", specs[i],
+            /* 16-bit queries and attention weights (two byte planes, kvq.h): float tolerance;
+             * one plane (:a8) rounds them to 8 bits: about 1% of the largest value */
+            CHECKF(worst <= (strstr(specs[i], "a8") ? 0.02 : 2e-4), "%s, head dim %d: attention differs from the dequantized values by %g", specs[i],
                    hds[h], worst);
             kq_close(&c);
         }
@@ -512,7 +529,7 @@ TEST(kivi_truncate_keeps_what_remains) {
     }
     static const int more[] = {30, 1, 40};
     double worst = kq_run(&c, more, 3, &s); /* the cache keeps working after truncation */
-    CHECK(c.kv->n_pos == 71 && worst <= 0.01);
+    CHECK(c.kv->n_pos == 71 && worst <= 2e-4);
     c.kv->vt->reset(c.kv);
     kvp_kv_stats st;
     c.kv->vt->stats(c.kv, &st);

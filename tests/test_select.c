@@ -289,8 +289,12 @@ TEST(select_kvcrush_hand) {
 TEST(select_quest_bound_hand) {
     /* page A: keys (1,1), (3,-1): centre (2,0), radius (1,1); q = (1,-2): bound 2 + 3 = 5 =
      * the true maximum 3 + 2. Page B: keys (0,2), (-1,-3): centre (-.5,-.5), radius
-     * (.5,2.5): bound 0.5 + 5.5 = 6 >= its true maximum 5. */
-    const float q[4] = {1, -2, -1, 0}, center[4] = {2, 0, -0.5f, -0.5f}, radius[4] = {1, 1, 0.5f, 2.5f};
+     * (.5,2.5): bound 0.5 + 5.5 = 6 >= its true maximum 5. (All exact in F16.) */
+    const float lo[4] = {1, -1, -1, -3}, hi[4] = {3, 1, 0, 2}, q[4] = {1, -2, -1, 0};
+    uint16_t center[4], radius[4];
+    kvp_quest_box_f16(lo, hi, 2, center, radius);
+    kvp_quest_box_f16(lo + 2, hi + 2, 2, center + 2, radius + 2);
+    CHECK(kvp_f16_to_f32(center[0]) == 2 && kvp_f16_to_f32(radius[3]) == 2.5f);
     float absq[4], tmp[4], ub[4];
     kvp_quest_bounds(q, 2, 2, center, radius, 2, absq, tmp, ub);
     CHECK_NEAR(ub[0], 5, 1e-6);
@@ -299,26 +303,33 @@ TEST(select_quest_bound_hand) {
     CHECK_NEAR(ub[3], 0.5 + 0.5, 1e-6); /* 0.5 + 0.5 = 1 = max(0, 1) */
 }
 
+/* With keys that F16 cannot represent exactly, the rounded box still holds every key, so the
+ * bound is still an upper bound of every q.k of its page. */
 TEST(select_quest_bound_is_upper) {
     enum { HD = 19, T = 16, NB = 7 };
     unsigned long long seed = 5;
-    float k[NB][T][HD], c[NB * HD], r[NB * HD], q[HD], absq[HD], tmp[NB], ub[NB];
+    float k[NB][T][HD], lo[HD], hi[HD], q[HD], absq[HD], tmp[NB], ub[NB];
+    uint16_t c[NB * HD], r[NB * HD];
     kvt_fill(&k[0][0][0], sizeof k / sizeof(float), &seed);
-    for (int b = 0; b < NB; b++)
+    for (int b = 0; b < NB; b++) {
         for (int i = 0; i < HD; i++) {
-            float lo = k[b][0][i], hi = lo;
-            for (int t = 1; t < T; t++) lo = fminf(lo, k[b][t][i]), hi = fmaxf(hi, k[b][t][i]);
-            c[b * HD + i] = 0.5f * (hi + lo);
-            r[b * HD + i] = 0.5f * (hi - lo);
+            lo[i] = hi[i] = 3 * k[b][0][i];
+            for (int t = 1; t < T; t++) lo[i] = fminf(lo[i], 3 * k[b][t][i]), hi[i] = fmaxf(hi[i], 3 * k[b][t][i]);
         }
+        kvp_quest_box_f16(lo, hi, HD, c + b * HD, r + b * HD);
+        for (int i = 0; i < HD; i++) {
+            float cc = kvp_f16_to_f32(c[b * HD + i]), rr = kvp_f16_to_f32(r[b * HD + i]);
+            CHECK(cc - rr <= lo[i] && cc + rr >= hi[i]);
+        }
+    }
     for (int trial = 0; trial < 20; trial++) {
         kvt_fill(q, HD, &seed);
         kvp_quest_bounds(q, 1, HD, c, r, NB, absq, tmp, ub);
         for (int b = 0; b < NB; b++)
             for (int t = 0; t < T; t++) {
                 double d = 0;
-                for (int i = 0; i < HD; i++) d += (double)q[i] * k[b][t][i];
-                CHECK(ub[b] >= d - 1e-5);
+                for (int i = 0; i < HD; i++) d += (double)q[i] * 3 * k[b][t][i];
+                CHECK(ub[b] >= d - 1e-4);
             }
     }
 }

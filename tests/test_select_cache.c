@@ -64,6 +64,12 @@ TEST(select_h2o_hand_steps) {
     CHECK(kv->vt->read(kv, 0, 2, 1, &k, &v) == KVP_EUNSUPPORTED);
     CHECK_OK(kv->vt->read(kv, 0, 3, 1, &k, &v));
     CHECK(k == 10 && v == 4);
+    CHECK_OK(kv->vt->truncate(kv, 4)); /* forgets position 5: 0 and 3 stay */
+    const int kept[2] = {0, 3}, next[3] = {0, 3, 4};
+    CHECK(kv->n_pos == 4 && kvt_holds(kv, 0, kept, 2));
+    int t = 4;
+    CHECK_OK(kvt_step(kv, 1, &t, &kvt_k6[4], &kvt_v6[4], &kvt_q1, &out));
+    CHECK(kvt_holds(kv, 0, next, 3));
     kvp_kv_free(kv);
 }
 
@@ -275,6 +281,36 @@ TEST(select_full_budget_equals_full_cache) {
     kvp_ctx_free(full);
     free(ref);
     free(got);
+    kvp_model_free(m);
+}
+
+/* Results do not depend on the thread count: every policy, 1 and 3 threads, bit for bit. */
+TEST(select_threads_identical) {
+    kvp_model *m = NULL;
+    CHECK_OK(kvp_model_load(kvt_model("stories260K.gguf"), NULL, &m));
+    int V = kvp_model_get_info(m)->vocab_size, tok[80];
+    for (int t = 0; t < 80; t++) tok[t] = t ? 3 + (t * 29) % 500 : 1;
+    float *a = malloc(sizeof(float) * 80 * V), *b = malloc(sizeof(float) * 80 * V);
+    CHECK(a && b);
+    for (size_t i = 0; i < KVP_ARRAY_LEN(kvt_policies); i++) {
+        kvp_ctx *c[2] = {NULL, NULL};
+        for (int k = 0; k < 2; k++) {
+            kvp_ctx_params p = kvp_ctx_default_params();
+            p.n_ctx = 128;
+            p.n_batch = 16;
+            p.n_threads = k ? 3 : 1;
+            p.select = kvt_policies[i];
+            p.budget = "30%";
+            CHECK_OK(kvp_ctx_new(m, &p, &c[k]));
+            CHECK_OK(kvp_ctx_decode(c[k], tok, 48, k ? b : a, 1));
+            for (int t = 48; t < 80; t++) CHECK_OK(kvp_ctx_decode(c[k], &tok[t], 1, (k ? b : a) + (size_t)t * V, 0));
+        }
+        CHECKF(!memcmp(a, b, sizeof(float) * 80 * V), "%s", kvt_policies[i]);
+        kvp_ctx_free(c[0]);
+        kvp_ctx_free(c[1]);
+    }
+    free(a);
+    free(b);
     kvp_model_free(m);
 }
 

@@ -23,15 +23,15 @@ static int kvt_recall(const char *const *specs, int n, int L, double *acc) {
 }
 
 TEST(select_eval_recall_1024) {
-    /* measured: quest 99.8%, sentencekv:max=32 97.5%, sentencekv (max 64) 81%,
-     * h2o 62%, streaming 17% (docs/selection.md) */
-    const char *specs[] = {"f16+quest@25%", "f16+sentencekv:max=32@25%", "f16+sentencekv@25%", "f16+h2o@25%",
+    /* measured on these 8 sequences: quest 99.8%, sentencekv (max 32) 97.5%, sentencekv:max=64
+     * 81%, h2o 62%, streaming 17% (docs/selection.md has the whole suite) */
+    const char *specs[] = {"f16+quest@25%", "f16+sentencekv@25%", "f16+sentencekv:max=64@25%", "f16+h2o@25%",
                            "f16+streaming@25%"};
     double acc[5];
     CHECK_OK(kvt_recall(specs, 5, 1024, acc));
     CHECKF(acc[0] >= 0.97, "quest %.3f", acc[0]);
-    CHECKF(acc[1] >= 0.93, "sentencekv:max=32 %.3f", acc[1]);
-    CHECKF(acc[2] >= 0.70, "sentencekv %.3f", acc[2]);
+    CHECKF(acc[1] >= 0.95, "sentencekv %.3f", acc[1]);
+    CHECKF(acc[2] >= 0.70, "sentencekv:max=64 %.3f", acc[2]);
     CHECKF(acc[3] < 0.80 && acc[4] < 0.30, "h2o %.3f, streaming %.3f", acc[3], acc[4]);
 }
 

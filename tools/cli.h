@@ -57,6 +57,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_save(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_codec_bench(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* `run --load FILE` / `run --store URI` (cmd_save.c): fills ctx with the prompt ids[0..n) and
  * puts the last token's logits in `logits`. With load, the saved context is loaded first and

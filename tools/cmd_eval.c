@@ -70,6 +70,15 @@ static int eval_take_selects(int argc, char **argv, eval_args *a) {
 }
 
 /* Splits a->budget at commas into budgets (pointers into buf); returns how many. */
+/* The hot and cold parts of the caches that have a cold tier (quest, sentencekv). */
+static void eval_print_cold(const kvp_eval_result *r, int n) {
+    char h[32], c[32];
+    for (int i = 0; i < n; i++)
+        if (r[i].kv_bytes_cold)
+            printf("%s: hot %s, cold %s\n", r[i].spec, cli_bytes(r[i].kv_bytes - r[i].kv_bytes_cold, h, sizeof h),
+                   cli_bytes(r[i].kv_bytes_cold, c, sizeof c));
+}
+
 static int eval_budgets(const eval_args *a, char *buf, size_t cap, const char **budgets) {
     int n = 0;
     char *save = NULL;
@@ -387,6 +396,7 @@ static int eval_output(const eval_args *a, const kvp_eval_result *res) {
     if (a->json) eval_print_json(a, res, n);
     else if (a->csv) eval_print_csv(a, res, n);
     else eval_print_table(a, res, n);
+    if (!a->json && !a->csv) eval_print_cold(res, n);
     if (!a->plot) return 0;
     if (a->n_specs == 0) return cli_usage_error("eval", "--plot needs at least one --kv spec");
     return strstr(a->plot, ".png") ? eval_write_png(a, res, n) : eval_write_svg(a, res, n);

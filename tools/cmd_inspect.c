@@ -65,10 +65,25 @@ static int inspect_model(const char *path, kvp_kvz *z, const char *model) {
     return e == 0 ? 0 : 1;
 }
 
+/* Takes the first argument that is neither an option nor an option's value out of argv. */
+static const char *inspect_take_path(int *argc, char **argv) {
+    for (int i = 1; i < *argc; i++) {
+        if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
+            i++;
+            continue;
+        }
+        if (argv[i][0] == '-') continue;
+        const char *path = argv[i];
+        memmove(argv + i, argv + i + 1, sizeof *argv * (size_t)(*argc - i - 1));
+        (*argc)--;
+        return path;
+    }
+    return NULL;
+}
+
 int cmd_inspect(int argc, char **argv) {
-    const char *model = NULL, *path = NULL;
+    const char *model = NULL, *path = inspect_take_path(&argc, argv);
     const cli_opt opts[] = {{"-m", "--model", CLI_STR, &model, "also check that the context fits this model"}, {0}};
-    if (argc >= 2 && argv[argc - 1][0] != '-' && (argc == 2 || strcmp(argv[argc - 2], "-m"))) path = argv[--argc];
     int rc = cli_parse("inspect", "FILE.kvz [-m MODEL]", opts, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
     if (!path) return cli_usage_error("inspect", "give the .kvz file to inspect");

@@ -23,6 +23,7 @@ static const cli_command cli_commands[] = {
     {"save", cmd_save, "prefill a prompt and save its context (.kvz) to a file or a store"},
     {"inspect", cmd_inspect, "print a saved context's header, chunks, levels and sizes"},
     {"codec-bench", cmd_codec_bench, "measure the context codec: size, quality after reload, speed"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server that reuses cached prefixes (docs/serve.md)"},
 };
 
 static void cli_main_usage(FILE *f) {

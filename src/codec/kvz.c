@@ -82,6 +82,7 @@ int kvp_kvz_header_size(const void *data, size_t size, size_t *need) {
 
 static int kvp_kvz_check_fingerprint(const uint8_t *fpb, const kvp_fingerprint *fp) {
     if (fpb[15] != 0) return kvp_seterr(KVP_EFORMAT, ".kvz architecture name is not terminated");
+    if (kvp_rd32(fpb + 60) != 0) return kvp_seterr(KVP_EFORMAT, ".kvz fingerprint's reserved field is not zero");
     if (fp->n_layers < 1 || fp->n_layers > 1024 || fp->n_kv_heads < 1 || fp->head_dim < 1 ||
         fp->n_kv_heads > 65535 || fp->head_dim > 65535 || (uint64_t)fp->n_kv_heads * fp->head_dim > 65536 ||
         fp->vocab_size < 1 || fp->vocab_size > (1u << 30))

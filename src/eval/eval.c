@@ -159,6 +159,7 @@ static void kvp_eval_report(kvp_eval_arm *arms, int n, kvp_eval_result *res) {
         kvp_eval_acc_stats(arms[i].acc, &res[i].st);
         res[i].bits_per_value = ks.bits_per_value;
         res[i].kv_bytes = ks.bytes_hot + ks.bytes_cold;
+        res[i].kv_bytes_cold = ks.bytes_cold;
         res[i].decode_tps = arms[i].seconds > 0 ? arms[i].decoded / arms[i].seconds : 0;
     }
 }

@@ -242,12 +242,17 @@ static char *kvp_pk_prompt(int n_junk, int at, int key) {
     return s;
 }
 
-/* Tokenizes text with BOS into *ids (malloc'ed). */
+/* Tokenizes text with BOS into *ids (malloc'ed), growing the buffer when the vocabulary
+ * needs more tokens than bytes. */
 static int kvp_pk_tokens(const kvp_model *m, const char *text, int **ids, int *n) {
-    int cap = (int)strlen(text) + 8;
-    *ids = malloc(sizeof(int) * (size_t)cap);
-    if (!*ids) return kvp_seterr(KVP_ENOMEM, "out of memory (passkey)");
-    return kvp_tokenize(m, text, strlen(text), 1, *ids, cap, n);
+    int cap = (int)strlen(text) + 8, rc = KVP_ERANGE;
+    for (int tries = 0; rc == KVP_ERANGE && tries < 2; tries++) {
+        free(*ids);
+        if (!(*ids = malloc(sizeof(int) * (size_t)cap))) return kvp_seterr(KVP_ENOMEM, "out of memory (passkey)");
+        rc = kvp_tokenize(m, text, strlen(text), 1, *ids, cap, n);
+        cap = *n;
+    }
+    return rc;
 }
 
 /* Generates up to n_gen greedy tokens after the prompt; 1 in *ok when the text holds the key. */

@@ -132,7 +132,10 @@ void kvp_kvq_query_ref(const float *Q, int ldq, int nq, const kvp_kvq_par *p, in
             x[c] = (int8_t)kvp_kvq_round(u, inv, -127, 127);
             if (lo) lo[c] = (int8_t)kvp_kvq_round(u - d * (float)x[c], inv * 256.0f, -127, 127);
         }
-        for (int c = n; c % 4; c++) x[c] = lo ? (lo[c] = 0) : 0;
+        for (int c = n; c % 4; c++) {
+            x[c] = 0;
+            if (lo) lo[c] = 0;
+        }
         o->alpha[j] = scale * d;
         o->beta[j] = scale * (float)b;
     }
@@ -216,6 +219,8 @@ static const kvp_kvq_table *kvp_kvq_active(void) {
     const char *isa = kvp_kernels_isa();
     return &kvp_kvq_tables[isa[0] == 's' ? 0 : isa[3] == '5' ? 2 : 1];
 }
+
+const kvp_kvq_table *kvp_kvq_current(void) { return kvp_kvq_active(); }
 
 int kvp_kvq_table_build(const char *isa, kvp_kvq_table *t) {
     pthread_once(&kvp_kvq_once, kvp_kvq_init);

@@ -143,6 +143,10 @@ void kvp_kvq_fill_scalar(kvp_kvq_table *t);
 void kvp_kvq_fill_avx2(kvp_kvq_table *t);
 void kvp_kvq_fill_avx512(kvp_kvq_table *t);
 
+/* The table of the instruction set the kernels use now (see kvp_kernels_isa()), for
+ * callers that make many small calls: fetch it once per task. */
+const kvp_kvq_table *kvp_kvq_current(void);
+
 /* The table of a named instruction set: 0, KVP_EUNSUPPORTED when this CPU lacks it, or
  * KVP_EINVAL for an unknown name. */
 int kvp_kvq_table_build(const char *isa, kvp_kvq_table *t);

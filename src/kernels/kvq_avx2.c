@@ -280,16 +280,16 @@ KVP_AI void kvq_par8(const kvq_pv *p, int i, int n_lanes, __m256i k, __m256 *s, 
     if (p->madd != 0) *m = _mm256_fmadd_ps(_mm256_set1_ps(p->madd), *s, *m);
 }
 
-/* Rounds u * inv (8 lanes, the first n_lanes kept) to int32 and stores them as bytes. */
-KVP_AI void kvq_store_bytes(__m256 u, __m256 inv, int n_lanes, int sgn, void *dst) {
-    const __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(u, inv));
-    const __m128i x = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+/* Stores the first n_lanes of x, clamped to [lo, hi], as bytes. */
+KVP_AI void kvq_store8(void *dst, int n_lanes, __m256i x, int lo, int hi) {
+    x = _mm256_max_epi32(_mm256_min_epi32(x, _mm256_set1_epi32(hi)), _mm256_set1_epi32(lo));
+    const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
     uint8_t b[16];
-    _mm_storeu_si128((__m128i *)(void *)b, sgn ? _mm_packs_epi16(x, x) : _mm_packus_epi16(x, x));
+    _mm_storeu_si128((__m128i *)(void *)b, lo < 0 ? _mm_packs_epi16(h, h) : _mm_packus_epi16(h, h));
     memcpy(dst, b, (size_t)KVP_MIN(8, n_lanes));
 }
 
-static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, int8_t *iq, float *alpha,
+static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, int8_t *x, int8_t *lo, float *alpha,
                           float *beta) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps(), s, m;
@@ -300,26 +300,37 @@ static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, i
         vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_mul_ps(qv, s)));
         vb = _mm256_fmadd_ps(qv, m, vb);
     }
-    const float amax = kvq_hmax(vmax);
-    const __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+    const float amax = kvq_hmax(vmax), d = amax / 127.0f, fi = amax > 0 ? 127.0f / amax : 0.0f;
+    const __m256 inv = _mm256_set1_ps(fi), inv_lo = _mm256_set1_ps(fi * 256.0f), vd = _mm256_set1_ps(d);
     for (int c = 0; c < n; c += 8) {
         const __m256i k = kvq_mask8(n - c);
         kvq_par8(p, c, n - c, k, &s, &m);
-        kvq_store_bytes(_mm256_mul_ps(_mm256_maskload_ps(q + c, k), s), inv, n - c, 1, iq + c);
+        const __m256 u = _mm256_mul_ps(_mm256_maskload_ps(q + c, k), s);
+        __m256i xi = _mm256_cvtps_epi32(_mm256_mul_ps(u, inv));
+        xi = _mm256_max_epi32(_mm256_min_epi32(xi, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+        kvq_store8(x + c, n - c, xi, -127, 127);
+        if (!lo) continue;
+        const __m256 r = _mm256_sub_ps(u, _mm256_mul_ps(vd, _mm256_cvtepi32_ps(xi)));
+        kvq_store8(lo + c, n - c, _mm256_cvtps_epi32(_mm256_mul_ps(r, inv_lo)), -127, 127);
     }
-    for (int c = n; c % 4; c++) iq[c] = 0;
-    *alpha = scale * (amax / 127.0f);
+    for (int c = n; c % 4; c++) {
+        x[c] = 0;
+        if (lo) lo[c] = 0;
+    }
+    *alpha = scale * d;
     *beta = scale * kvq_hsum(vb);
 }
 
 static void kvp_kvq_query_avx2(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
-                               int8_t *iq, int ldiq, float *alpha, float *beta) {
+                               const kvp_kvq_bytes *o) {
     const kvq_pv v = kvq_resolve(p);
     for (int j = 0; j < nq; j++)
-        kvq_query_row(Q + (size_t)j * ldq, &v, n, scale, iq + (size_t)j * ldiq, &alpha[j], &beta[j]);
+        kvq_query_row(Q + (size_t)j * ldq, &v, n, scale, (int8_t *)o->x + (size_t)j * o->ld,
+                      o->lo ? (int8_t *)o->lo + (size_t)j * o->ld : NULL, &o->alpha[j], &o->beta[j]);
 }
 
-static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *bq, float *alpha, float *beta) {
+static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *x, uint8_t *lo, float *alpha,
+                            float *beta) {
     __m256 vmax = _mm256_setzero_ps(), vb = _mm256_setzero_ps(), s, m;
     for (int t = 0; t < n; t += 8) {
         const __m256i k = kvq_mask8(n - t);
@@ -328,21 +339,32 @@ static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *bq,
         vmax = _mm256_max_ps(vmax, _mm256_mul_ps(wv, s));
         vb = _mm256_fmadd_ps(wv, m, vb);
     }
-    const float umax = kvq_hmax(vmax);
-    const __m256 inv = _mm256_set1_ps(umax > 0 ? 255.0f / umax : 0.0f);
+    const float umax = kvq_hmax(vmax), d = umax / 255.0f, fi = umax > 0 ? 255.0f / umax : 0.0f;
+    const __m256 inv = _mm256_set1_ps(fi), inv_lo = _mm256_set1_ps(fi * 255.0f), vd = _mm256_set1_ps(d);
     for (int t = 0; t < n; t += 8) {
         const __m256i k = kvq_mask8(n - t);
         kvq_par8(p, t, n - t, k, &s, &m);
-        kvq_store_bytes(_mm256_mul_ps(_mm256_maskload_ps(w + t, k), s), inv, n - t, 0, bq + t);
+        const __m256 u = _mm256_mul_ps(_mm256_maskload_ps(w + t, k), s);
+        if (!lo) {
+            kvq_store8(x + t, n - t, _mm256_cvtps_epi32(_mm256_mul_ps(u, inv)), 0, 255);
+            continue;
+        }
+        __m256 f = _mm256_round_ps(_mm256_mul_ps(u, inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        f = _mm256_min_ps(_mm256_max_ps(f, _mm256_setzero_ps()), _mm256_set1_ps(255.0f));
+        kvq_store8(x + t, n - t, _mm256_cvtps_epi32(f), 0, 255);
+        const __m256 r = _mm256_sub_ps(u, _mm256_mul_ps(vd, f));
+        kvq_store8(lo + t, n - t, _mm256_cvtps_epi32(_mm256_mul_ps(r, inv_lo)), 0, 255);
     }
-    *alpha = umax / 255.0f;
+    *alpha = d;
     *beta = kvq_hsum(vb);
 }
 
-static void kvp_kvq_weights_avx2(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, uint8_t *w,
-                                 int ldw, float *alpha, float *beta) {
+static void kvp_kvq_weights_avx2(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n,
+                                 const kvp_kvq_bytes *o) {
     const kvq_pv v = kvq_resolve(p);
-    for (int j = 0; j < nq; j++) kvq_weights_row(P + (size_t)j * ldp, &v, n, w + (size_t)j * ldw, &alpha[j], &beta[j]);
+    for (int j = 0; j < nq; j++)
+        kvq_weights_row(P + (size_t)j * ldp, &v, n, (uint8_t *)o->x + (size_t)j * o->ld,
+                        o->lo ? (uint8_t *)o->lo + (size_t)j * o->ld : NULL, &o->alpha[j], &o->beta[j]);
 }
 
 /* e^x for x <= 0 (0 below -87.3 and for NaN), as in kvq_avx512.c, with 2^n built

@@ -248,23 +248,15 @@ KVP_AI void kvq_par16(const kvq_pv *p, int i, __mmask16 k, __m512 *s, __m512 *m)
     if (p->madd != 0) *m = _mm512_fmadd_ps(_mm512_set1_ps(p->madd), *s, *m);
 }
 
-#define KVQ_PBUF 512 /* groups whose s and m are decoded once for all rows */
+#define KVQ_PBUF 512 /* longest rows kept in registers and on the stack by the 4-row paths */
 
-/* Decodes s and m of n <= KVQ_PBUF groups into sb, mb and returns the float view of them. */
-static kvq_pv kvq_decode_par(const kvp_kvq_par *p, int n, float *sb, float *mb) {
-    kvq_pv v = kvq_resolve(p);
-    if (n > KVQ_PBUF) return v;
-    for (int i = 0; i < n; i += 16) {
-        __m512 s, m;
-        const __mmask16 k = kvq_tail(i, n);
-        kvq_par16(&v, i, k, &s, &m);
-        _mm512_mask_storeu_ps(sb + i, k, s);
-        _mm512_mask_storeu_ps(mb + i, k, m);
-    }
-    return (kvq_pv){NULL, NULL, sb, mb, 0, 0, 0, 0};
+/* Stores the lanes of k of x, clamped to [lo, hi], as bytes. */
+KVP_AI void kvq_store8(void *dst, __mmask16 k, __m512i x, int lo, int hi) {
+    x = _mm512_max_epi32(_mm512_min_epi32(x, _mm512_set1_epi32(hi)), _mm512_set1_epi32(lo));
+    _mm512_mask_cvtepi32_storeu_epi8(dst, k, x);
 }
 
-static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, int8_t *iq, float *alpha,
+static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, int8_t *x, int8_t *lo, float *alpha,
                           float *beta) {
     __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps(), s, m;
     for (int c = 0; c < n; c += 16) {
@@ -274,28 +266,97 @@ static void kvq_query_row(const float *q, const kvq_pv *p, int n, float scale, i
         vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_mul_ps(qv, s)));
         vb = _mm512_fmadd_ps(qv, m, vb);
     }
-    const float amax = _mm512_reduce_max_ps(vmax);
-    const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+    const float amax = _mm512_reduce_max_ps(vmax), d = amax / 127.0f, fi = amax > 0 ? 127.0f / amax : 0.0f;
+    const __m512 inv = _mm512_set1_ps(fi), inv_lo = _mm512_set1_ps(fi * 256.0f), vd = _mm512_set1_ps(d);
     for (int c = 0; c < n; c += 16) {
         const __mmask16 k = kvq_tail(c, n);
         kvq_par16(p, c, k, &s, &m);
         const __m512 u = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, q + c), s);
-        _mm512_mask_cvtsepi32_storeu_epi8(iq + c, k, _mm512_cvtps_epi32(_mm512_mul_ps(u, inv)));
+        const __m512i xi = _mm512_cvtps_epi32(_mm512_mul_ps(u, inv));
+        kvq_store8(x + c, k, xi, -127, 127);
+        if (!lo) continue;
+        const __m512 xf = _mm512_cvtepi32_ps(_mm512_max_epi32(_mm512_min_epi32(xi, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127)));
+        const __m512 r = _mm512_sub_ps(u, _mm512_mul_ps(vd, xf));
+        kvq_store8(lo + c, k, _mm512_cvtps_epi32(_mm512_mul_ps(r, inv_lo)), -127, 127);
     }
-    for (int c = n; c % 4; c++) iq[c] = 0;
-    *alpha = scale * (amax / 127.0f);
+    for (int c = n; c % 4; c++) {
+        x[c] = 0;
+        if (lo) lo[c] = 0;
+    }
+    *alpha = scale * d;
     *beta = scale * _mm512_reduce_add_ps(vb);
 }
 
-static void kvp_kvq_query_avx512(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
-                                 int8_t *iq, int ldiq, float *alpha, float *beta) {
-    float sb[KVQ_PBUF], mb[KVQ_PBUF];
-    const kvq_pv v = nq > 1 ? kvq_decode_par(p, n, sb, mb) : kvq_resolve(p);
-    for (int j = 0; j < nq; j++)
-        kvq_query_row(Q + (size_t)j * ldq, &v, n, scale, iq + (size_t)j * ldiq, &alpha[j], &beta[j]);
+/* [max(a), max(b), max(c), max(d)] (op 0) or the sums (op 1) of four 16-lane vectors. */
+KVP_AI __m128 kvq_reduce4(const int op, __m512 a, __m512 b, __m512 c, __m512 d) {
+#define KVQ_OP(x, y) (op ? _mm512_add_ps(x, y) : _mm512_max_ps(x, y))
+    const __m512 ab = KVQ_OP(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 cd = KVQ_OP(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 s = KVQ_OP(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+    s = KVQ_OP(s, _mm512_permute_ps(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = KVQ_OP(s, _mm512_permute_ps(s, _MM_SHUFFLE(2, 3, 0, 1)));
+#undef KVQ_OP
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s));
 }
 
-static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *bq, float *alpha, float *beta) {
+/* Up to 4 query rows at once (n <= KVQ_PBUF): u = q s kept in ub, the reductions of the
+ * rows done together. Same bytes as kvq_query_row. */
+static void kvq_query_rows4(const float *Q, int ldq, int nr, const kvq_pv *p, int n, float scale,
+                            const kvp_kvq_bytes *o, int j0) {
+    float ub[4][KVQ_PBUF], amax[4], bias[4];
+    __m512 vmax[4], vb[4], s, m;
+    for (int r = 0; r < 4; r++) vmax[r] = vb[r] = _mm512_setzero_ps();
+    for (int c = 0; c < n; c += 16) {
+        const __mmask16 k = kvq_tail(c, n);
+        kvq_par16(p, c, k, &s, &m);
+        for (int r = 0; r < nr; r++) {
+            const __m512 qv = _mm512_maskz_loadu_ps(k, Q + (size_t)r * ldq + c), u = _mm512_mul_ps(qv, s);
+            _mm512_storeu_ps(ub[r] + c, u);
+            vmax[r] = _mm512_max_ps(vmax[r], _mm512_abs_ps(u));
+            vb[r] = _mm512_fmadd_ps(qv, m, vb[r]);
+        }
+    }
+    _mm_storeu_ps(amax, kvq_reduce4(0, vmax[0], vmax[1], vmax[2], vmax[3]));
+    _mm_storeu_ps(bias, kvq_reduce4(1, vb[0], vb[1], vb[2], vb[3]));
+    for (int r = 0; r < nr; r++) {
+        const float d = amax[r] / 127.0f, fi = amax[r] > 0 ? 127.0f / amax[r] : 0.0f;
+        const __m512 inv = _mm512_set1_ps(fi), inv_lo = _mm512_set1_ps(fi * 256.0f), vd = _mm512_set1_ps(d);
+        int8_t *x = (int8_t *)o->x + (size_t)(j0 + r) * o->ld, *lo = o->lo ? (int8_t *)o->lo + (size_t)(j0 + r) * o->ld : NULL;
+        for (int c = 0; c < n; c += 16) {
+            const __mmask16 k = kvq_tail(c, n);
+            const __m512 u = _mm512_loadu_ps(ub[r] + c);
+            const __m512i xi = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(u, inv)),
+                                                                 _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            _mm512_mask_cvtepi32_storeu_epi8(x + c, k, xi);
+            if (!lo) continue;
+            const __m512 rr = _mm512_sub_ps(u, _mm512_mul_ps(vd, _mm512_cvtepi32_ps(xi)));
+            kvq_store8(lo + c, k, _mm512_cvtps_epi32(_mm512_mul_ps(rr, inv_lo)), -127, 127);
+        }
+        for (int c = n; c % 4; c++) {
+            x[c] = 0;
+            if (lo) lo[c] = 0;
+        }
+        o->alpha[j0 + r] = scale * d;
+        o->beta[j0 + r] = scale * bias[r];
+    }
+}
+
+static void kvp_kvq_query_avx512(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                                 const kvp_kvq_bytes *o) {
+    const kvq_pv v = kvq_resolve(p);
+    for (int j = 0; j < nq; j += 4) {
+        if (n <= KVQ_PBUF) {
+            kvq_query_rows4(Q + (size_t)j * ldq, ldq, KVP_MIN(4, nq - j), &v, n, scale, o, j);
+            continue;
+        }
+        for (int r = j; r < KVP_MIN(nq, j + 4); r++)
+            kvq_query_row(Q + (size_t)r * ldq, &v, n, scale, (int8_t *)o->x + (size_t)r * o->ld,
+                          o->lo ? (int8_t *)o->lo + (size_t)r * o->ld : NULL, &o->alpha[r], &o->beta[r]);
+    }
+}
+
+static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *x, uint8_t *lo, float *alpha,
+                            float *beta) {
     __m512 vmax = _mm512_setzero_ps(), vb = _mm512_setzero_ps(), s, m;
     for (int t = 0; t < n; t += 16) {
         const __mmask16 k = kvq_tail(t, n);
@@ -304,23 +365,77 @@ static void kvq_weights_row(const float *w, const kvq_pv *p, int n, uint8_t *bq,
         vmax = _mm512_max_ps(vmax, _mm512_mul_ps(wv, s));
         vb = _mm512_fmadd_ps(wv, m, vb);
     }
-    const float umax = _mm512_reduce_max_ps(vmax);
-    const __m512 inv = _mm512_set1_ps(umax > 0 ? 255.0f / umax : 0.0f);
+    const float umax = _mm512_reduce_max_ps(vmax), d = umax / 255.0f, fi = umax > 0 ? 255.0f / umax : 0.0f;
+    const __m512 inv = _mm512_set1_ps(fi), inv_lo = _mm512_set1_ps(fi * 255.0f), vd = _mm512_set1_ps(d);
     for (int t = 0; t < n; t += 16) {
         const __mmask16 k = kvq_tail(t, n);
         kvq_par16(p, t, k, &s, &m);
         const __m512 u = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + t), s);
-        _mm512_mask_cvtusepi32_storeu_epi8(bq + t, k, _mm512_cvtps_epu32(_mm512_mul_ps(u, inv)));
+        if (!lo) {
+            kvq_store8(x + t, k, _mm512_cvtps_epi32(_mm512_mul_ps(u, inv)), 0, 255);
+            continue;
+        }
+        __m512 f = _mm512_roundscale_ps(_mm512_mul_ps(u, inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        f = _mm512_min_ps(_mm512_max_ps(f, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+        kvq_store8(x + t, k, _mm512_cvtps_epi32(f), 0, 255);
+        const __m512 r = _mm512_sub_ps(u, _mm512_mul_ps(vd, f));
+        kvq_store8(lo + t, k, _mm512_cvtps_epi32(_mm512_mul_ps(r, inv_lo)), 0, 255);
     }
-    *alpha = umax / 255.0f;
+    *alpha = d;
     *beta = _mm512_reduce_add_ps(vb);
 }
 
-static void kvp_kvq_weights_avx512(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, uint8_t *w,
-                                   int ldw, float *alpha, float *beta) {
-    float sb[KVQ_PBUF], mb[KVQ_PBUF];
-    const kvq_pv v = nq > 1 ? kvq_decode_par(p, n, sb, mb) : kvq_resolve(p);
-    for (int j = 0; j < nq; j++) kvq_weights_row(P + (size_t)j * ldp, &v, n, w + (size_t)j * ldw, &alpha[j], &beta[j]);
+/* Up to 4 weight rows at once (n <= KVQ_PBUF), as kvq_query_rows4. */
+static void kvq_weights_rows4(const float *P, int ldp, int nr, const kvq_pv *p, int n, const kvp_kvq_bytes *o, int j0) {
+    float ub[4][KVQ_PBUF], umax[4], bias[4];
+    __m512 vmax[4], vb[4], s, m;
+    for (int r = 0; r < 4; r++) vmax[r] = vb[r] = _mm512_setzero_ps();
+    for (int t = 0; t < n; t += 16) {
+        const __mmask16 k = kvq_tail(t, n);
+        kvq_par16(p, t, k, &s, &m);
+        for (int r = 0; r < nr; r++) {
+            const __m512 wv = _mm512_maskz_loadu_ps(k, P + (size_t)r * ldp + t), u = _mm512_mul_ps(wv, s);
+            _mm512_storeu_ps(ub[r] + t, u);
+            vmax[r] = _mm512_max_ps(vmax[r], u);
+            vb[r] = _mm512_fmadd_ps(wv, m, vb[r]);
+        }
+    }
+    _mm_storeu_ps(umax, kvq_reduce4(0, vmax[0], vmax[1], vmax[2], vmax[3]));
+    _mm_storeu_ps(bias, kvq_reduce4(1, vb[0], vb[1], vb[2], vb[3]));
+    for (int r = 0; r < nr; r++) {
+        const float d = umax[r] / 255.0f, fi = umax[r] > 0 ? 255.0f / umax[r] : 0.0f;
+        const __m512 inv = _mm512_set1_ps(fi), inv_lo = _mm512_set1_ps(fi * 255.0f), vd = _mm512_set1_ps(d);
+        uint8_t *x = (uint8_t *)o->x + (size_t)(j0 + r) * o->ld, *lo = o->lo ? (uint8_t *)o->lo + (size_t)(j0 + r) * o->ld : NULL;
+        for (int t = 0; t < n; t += 16) {
+            const __mmask16 k = kvq_tail(t, n);
+            const __m512 u = _mm512_loadu_ps(ub[r] + t);
+            if (!lo) {
+                kvq_store8(x + t, k, _mm512_cvtps_epi32(_mm512_mul_ps(u, inv)), 0, 255);
+                continue;
+            }
+            __m512 f = _mm512_roundscale_ps(_mm512_mul_ps(u, inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+            f = _mm512_min_ps(_mm512_max_ps(f, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+            _mm512_mask_cvtepi32_storeu_epi8(x + t, k, _mm512_cvtps_epi32(f));
+            const __m512 rr = _mm512_sub_ps(u, _mm512_mul_ps(vd, f));
+            kvq_store8(lo + t, k, _mm512_cvtps_epi32(_mm512_mul_ps(rr, inv_lo)), 0, 255);
+        }
+        o->alpha[j0 + r] = d;
+        o->beta[j0 + r] = bias[r];
+    }
+}
+
+static void kvp_kvq_weights_avx512(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n,
+                                   const kvp_kvq_bytes *o) {
+    const kvq_pv v = kvq_resolve(p);
+    for (int j = 0; j < nq; j += 4) {
+        if (n <= KVQ_PBUF) {
+            kvq_weights_rows4(P + (size_t)j * ldp, ldp, KVP_MIN(4, nq - j), &v, n, o, j);
+            continue;
+        }
+        for (int r = j; r < KVP_MIN(nq, j + 4); r++)
+            kvq_weights_row(P + (size_t)r * ldp, &v, n, (uint8_t *)o->x + (size_t)r * o->ld,
+                            o->lo ? (uint8_t *)o->lo + (size_t)r * o->ld : NULL, &o->alpha[r], &o->beta[r]);
+    }
 }
 
 /* e^x for x <= 0 (0 below -87.3, where e^x < 1.2e-38, and for NaN): x = n ln2 + r, e^r by its Taylor

@@ -40,6 +40,7 @@
 
 typedef struct {
     int kbits, vbits, R, G, xmode;
+    int a8; /* 1: queries and weights in one byte plane (faster, 8-bit rounding) */
 } kvp_kivi_spec;
 
 typedef struct {
@@ -88,6 +89,7 @@ static int kvp_kivi_option(const char *o, size_t len, kvp_kivi_spec *p) {
     buf[len] = 0;
     int v, used = 0;
     if (kvp_kx_mode(buf) >= 0) p->xmode = kvp_kx_mode(buf);
+    else if (!strcmp(buf, "a8")) p->a8 = 1;
     else if (sscanf(buf, "r%d%n", &v, &used) == 1 && used == (int)len && v >= 0 && v <= (1 << 20)) p->R = v;
     else if (sscanf(buf, "g%d%n", &v, &used) == 1 && used == (int)len && v >= 16 && v <= 256 && v % 16 == 0) p->G = v;
     else return -1;
@@ -95,7 +97,7 @@ static int kvp_kivi_option(const char *o, size_t len, kvp_kivi_spec *p) {
 }
 
 static int kvp_kivi_parse(const char *spec, kvp_kivi_spec *p) {
-    *p = (kvp_kivi_spec){0, 0, 128, 32, KVP_KX_NONE};
+    *p = (kvp_kivi_spec){0, 0, 128, 32, KVP_KX_NONE, 0};
     int used = 0;
     if (sscanf(spec, "k%dv%d%n", &p->kbits, &p->vbits, &used) != 2 || !kvp_kivi_bits_ok(p->kbits) ||
         !kvp_kivi_bits_ok(p->vbits) || (spec[used] && spec[used] != ':'))
@@ -109,8 +111,9 @@ static int kvp_kivi_parse(const char *spec, kvp_kivi_spec *p) {
     return KVP_OK;
 bad:
     return kvp_seterr(KVP_EINVAL,
-                      "bad KIVI cache spec '%s': kXvY[:rR][:gG][:rot|:bal|:none] with X, Y in 2, 3, 4, 8, "
-                      "R >= 0 recent tokens in F16 (default 128), G a multiple of 16 in 16..256 (default 32)",
+                      "bad KIVI cache spec '%s': kXvY[:rR][:gG][:rot|:bal|:none][:a8] with X, Y in 2, 3, 4, 8, "
+                      "R >= 0 recent tokens in F16 (default 128), G a multiple of 16 in 16..256 (default 32), "
+                      "a8 for 8-bit instead of 16-bit queries and weights",
                       spec);
 }
 
@@ -304,25 +307,26 @@ static int kvp_kivi_end(kvp_kv *kv) {
  * ------------------------------------------------------------------------------------- */
 
 typedef struct {
-    float *Qf, *Qx, *S, *Y, *alpha, *beta;
-    int8_t *iq;
-    uint8_t *W;
+    float *Qf, *Qx, *S, *Y, *alpha, *beta, *alpha2, *zero;
+    int8_t *iq, *iq2;       /* query bytes and their residual plane */
+    uint8_t *W, *W2;        /* weight bytes and their residual plane */
+    const kvp_kvq_table *k; /* the kernels */
 } kvp_kivi_scr;
 
 /* Carves one thread's scratch into its arrays (rows = qb * group query rows); with base
  * NULL only measures it. */
 static kvp_kivi_scr kvp_kivi_carve(const kvp_kv_kivi *c, uint8_t *base, size_t *total) {
     size_t rows = (size_t)c->qb * (size_t)(c->base.shape.n_heads / c->nkv);
-    size_t sz[8] = {rows * c->hd, rows * c->hd, rows * c->lds, rows * c->hdp, rows, rows, rows * c->cp4,
-                    rows * c->p.G};
-    void *p[8];
+    size_t sz[12] = {rows * c->hd, rows * c->hd, rows * c->lds, rows * c->hdp, rows, rows, rows, rows,
+                     rows * c->cp4, rows * c->cp4, rows * c->p.G, rows * c->p.G};
+    void *p[12];
     size_t off = 0;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 12; i++) {
         p[i] = base ? base + off : NULL;
-        off += ((i < 6 ? sizeof(float) : 1) * sz[i] + 63) & ~(size_t)63;
+        off += ((i < 8 ? sizeof(float) : 1) * sz[i] + 63) & ~(size_t)63;
     }
     *total = off;
-    return (kvp_kivi_scr){p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
+    return (kvp_kivi_scr){p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], kvp_kvq_current()};
 }
 
 typedef struct {
@@ -337,24 +341,38 @@ static kvp_kvq_par kvp_kivi_par(const uint8_t *p, int n, float m_add_s) {
     return (kvp_kvq_par){p, p + n, (const uint16_t *)(const void *)(p + 2 * n), NULL, NULL, m_add_s};
 }
 
+/* Scores of head h's query rows against block b: x->S[j][b G + t]. */
 static void kvp_kivi_block_scores(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
     kvp_kvq_par par = kvp_kivi_par(kvp_kivi_kpar(c, layer, b, h), c->hd, 0);
-    kvp_kvq_query(x->Qx, c->hd, rows, &par, c->hd, 1.0f / sqrtf((float)c->hd), x->iq, c->cp4, x->alpha, x->beta);
+    kvp_kvq_bytes qb = {x->iq, c->p.a8 ? NULL : x->iq2, c->cp4, x->alpha, x->beta};
+    x->k->query(x->Qx, c->hd, rows, &par, c->hd, 1.0f / sqrtf((float)c->hd), &qb);
     kvp_kvq_ktile kt = {kvp_kivi_ktile(c, layer, b, h), c->p.kbits, c->p.G, c->cp4 / 4, NULL, NULL};
     kvp_kvq_rows qr = {x->iq, c->cp4, rows, x->alpha, x->beta};
-    kvp_kvq_scores(&kt, &qr, x->S + (size_t)b * c->p.G, c->lds, 0);
+    float *S = x->S + (size_t)b * c->p.G;
+    x->k->scores(&kt, &qr, S, c->lds, 0);
+    if (c->p.a8) return;
+    for (int j = 0; j < rows; j++) x->alpha2[j] = x->alpha[j] / 256.0f;
+    kvp_kvq_rows lo = {x->iq2, c->cp4, rows, x->alpha2, x->zero};
+    x->k->scores(&kt, &lo, S, c->lds, 1);
 }
 
+/* Adds head h's attention over block b's values to x->Y, one value group at a time. */
 static void kvp_kivi_block_values(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
     int G = c->p.G;
     size_t ub = kvp_kvq_unit_bytes(c->p.vbits);
     for (const kvp_kivi_run *r = c->runs + (size_t)h * c->n_runs; r < c->runs + (size_t)(h + 1) * c->n_runs; r++) {
         if (r->u1 <= r->u0) continue;
         kvp_kvq_par par = kvp_kivi_par(kvp_kivi_vpar(c, layer, b, r->g), G, c->p.vbits == 8 ? 128.0f : 0.0f);
-        kvp_kvq_weights(x->S + (size_t)b * G, c->lds, rows, &par, G, x->W, G, x->alpha, x->beta);
+        kvp_kvq_bytes wb = {x->W, c->p.a8 ? NULL : x->W2, G, x->alpha, x->beta};
+        x->k->weights(x->S + (size_t)b * G, c->lds, rows, &par, G, &wb);
         kvp_kvq_vtile vt = {kvp_kivi_vtile(c, layer, b, h) + (size_t)r->u0 * ub, c->p.vbits, G / 4, r->u1 - r->u0, c->vrow};
+        int n_ch = KVP_MIN(8 * (r->u1 - r->u0), c->hd - 8 * r->u0);
         kvp_kvq_rows wr = {x->W, G, rows, x->alpha, x->beta};
-        kvp_kvq_values(&vt, &wr, KVP_MIN(8 * (r->u1 - r->u0), c->hd - 8 * r->u0), x->Y + 8 * r->u0, c->hdp);
+        x->k->values(&vt, &wr, n_ch, x->Y + 8 * r->u0, c->hdp);
+        if (c->p.a8) continue;
+        for (int j = 0; j < rows; j++) x->alpha2[j] = x->alpha[j] / 255.0f;
+        kvp_kvq_rows lo = {x->W2, G, rows, x->alpha2, x->zero};
+        x->k->values(&vt, &lo, n_ch, x->Y + 8 * r->u0, c->hdp);
     }
 }
 
@@ -363,7 +381,7 @@ static void kvp_kivi_softmax(const kvp_kv_kivi *c, float *S, int rows, int group
     for (int r = 0; r < rows; r++) {
         float *row = S + (size_t)r * c->lds;
         int vis = pos + i0 + r / group + 1;
-        kvp_kvq_softmax(row, vis);
+        kvp_kvq_current()->softmax(row, vis);
         memset(row + vis, 0, sizeof(float) * (size_t)(n_cols - vis));
     }
 }
@@ -391,6 +409,7 @@ static void kvp_kivi_task(void *arg, int chunk, int thread) {
     int i0 = (chunk % j->n_qblocks) * c->qb, i1 = KVP_MIN(j->n, i0 + c->qb), rows = (i1 - i0) * group;
     size_t total;
     kvp_kivi_scr x = kvp_kivi_carve(c, c->scratch[thread], &total);
+    memset(x.zero, 0, sizeof(float) * (size_t)rows);
     const kvp_qwin *w = &c->win[j->layer];
     int nq = c->n_blocks * c->p.G, n_cols = j->pos + i1;
     kvp_qa_gather(&c->base.shape, j->q, h, i0, i1, x.Qf);
@@ -598,8 +617,8 @@ int kvp_kv_kivi_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool,
     c->base.shape = *shape;
     c->base.pool = pool;
     c->p = p;
-    snprintf(c->base.spec, sizeof c->base.spec, "k%dv%d:r%d:g%d%s%s", p.kbits, p.vbits, p.R, p.G,
-             p.xmode == KVP_KX_NONE ? "" : ":", p.xmode == KVP_KX_NONE ? "" : kvp_kx_name(p.xmode));
+    snprintf(c->base.spec, sizeof c->base.spec, "k%dv%d:r%d:g%d%s%s%s", p.kbits, p.vbits, p.R, p.G,
+             p.xmode == KVP_KX_NONE ? "" : ":", p.xmode == KVP_KX_NONE ? "" : kvp_kx_name(p.xmode), p.a8 ? ":a8" : "");
     kvp_kivi_layout(c);
     int rc = kvp_kx_init(&c->kx, p.xmode, shape);
     if (rc == 0 && kvp_kivi_alloc(c) < 0) rc = kvp_seterr(KVP_ENOMEM, "out of memory creating the KV cache");

@@ -4,7 +4,9 @@
  *
  * Every page of `page` tokens (default 16) keeps, per KV head, the element-wise minimum and
  * maximum of its keys, stored as the box centre c = (max + min) / 2 and radius
- * r = (max - min) / 2. For a query q the largest q.k over the page is at most
+ * r = (max - min) / 2 in F16 (the radius rounded up so that the box still holds every key:
+ * half the bytes of F32, and the bound stays a bound). For a query q the largest q.k over the
+ * page is at most
  *     sum_i max(q_i min_i, q_i max_i) = q.c + |q|.r,
  * two dot products per page that the attention score kernel computes for all pages at once.
  * Pages are ranked by that bound (the maximum over the query heads of the group) and
@@ -16,11 +18,27 @@
 #include "kernels/kernels.h"
 #include "kv/select.h"
 
-void kvp_quest_bounds(const float *Q, int nq, int hd, const float *center, const float *radius, int nb,
+/* The smallest F16 value >= x (x >= 0). */
+static uint16_t kvp_f16_up(float x) {
+    uint16_t h = kvp_f32_to_f16(x);
+    if (kvp_f16_to_f32(h) < x && (h & 0x7fff) < 0x7c00) h++;
+    return h;
+}
+
+void kvp_quest_box_f16(const float *lo, const float *hi, int hd, uint16_t *center, uint16_t *radius) {
+    for (int i = 0; i < hd; i++) {
+        float c = 0.5f * (hi[i] + lo[i]);
+        center[i] = kvp_f32_to_f16(c);
+        float cc = kvp_f16_to_f32(center[i]); /* the box around the rounded centre must hold [lo, hi] */
+        radius[i] = kvp_f16_up(fmaxf(hi[i] - cc, cc - lo[i]));
+    }
+}
+
+void kvp_quest_bounds(const float *Q, int nq, int hd, const uint16_t *center, const uint16_t *radius, int nb,
                       float *absq, float *tmp, float *ub) {
     for (int i = 0; i < nq * hd; i++) absq[i] = fabsf(Q[i]);
-    kvp_attn_scores_f32(center, nb, hd, Q, nq, hd, 1.0f, ub, nb);
-    kvp_attn_scores_f32(radius, nb, hd, absq, nq, hd, 1.0f, tmp, nb);
+    kvp_attn_scores_f16(center, nb, hd, Q, nq, hd, 1.0f, ub, nb);
+    kvp_attn_scores_f16(radius, nb, hd, absq, nq, hd, 1.0f, tmp, nb);
     for (int i = 0; i < nq * nb; i++) ub[i] += tmp[i];
 }
 

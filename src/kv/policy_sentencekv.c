@@ -3,7 +3,7 @@
  *
  * Tokens are grouped into sentences as they arrive: a sentence closes after a token the
  * vocabulary marks as sentence-ending (kvp_sentence_ends: '.', '!', '?' or a newline), or
- * once it holds `max` tokens (default 64; also the only rule for a vocabulary without such
+ * once it holds `max` tokens (default 32; also the only rule for a vocabulary without such
  * tokens). Each closed sentence keeps one semantic vector per KV head in fast memory, the
  * mean of its keys, while its keys and values go to the cold tier. A query is represented
  * by the mean of the queries of its own sentence so far (itself included); sentences are

@@ -232,12 +232,15 @@ void kvp_kvcrush_represent(const uint32_t *sig, const int *cand, int nc, int m, 
 /* ---------------------------------------------------------------------------------------
  * Retrieval policies (Quest, SentenceKV): scoring blocks.
  * ------------------------------------------------------------------------------------- */
+/* Quest's page box in F16: centre = (hi + lo) / 2 rounded to nearest, radius the smallest F16
+ * with [centre - radius, centre + radius] containing [lo, hi] in every channel. */
+void kvp_quest_box_f16(const float *lo, const float *hi, int hd, uint16_t *center, uint16_t *radius);
 /* Quest's bounds for query rows Q (nq, hd) against blocks whose keys lie in the boxes
  * [center - radius, center + radius] per channel: ub[j * nb + b] = q_j.center[b] +
- * |q_j|.radius[b] >= max over block b's keys of q_j.k. center, radius: (nb, hd); scratch:
+ * |q_j|.radius[b] >= max over block b's keys of q_j.k. center, radius: (nb, hd) F16; scratch:
  * absq (nq, hd), tmp (nq, nb). Two calls of the attention score kernel, which loads each
  * centre and radius row once for all the query rows. */
-void kvp_quest_bounds(const float *Q, int nq, int hd, const float *center, const float *radius, int nb,
+void kvp_quest_bounds(const float *Q, int nq, int hd, const uint16_t *center, const uint16_t *radius, int nb,
                       float *absq, float *tmp, float *ub);
 /* Picks blocks by descending score (ties: the earlier block) while their lengths fit in
  * `budget` tokens, skipping those that do not fit. Writes the chosen indices, in ascending

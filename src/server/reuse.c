@@ -16,7 +16,7 @@
 #include "common/common.h"
 #include "srv_internal.h"
 
-#define KVP_REUSE_MIN_COPY 16 /* shorter prefixes are prefilled rather than copied or decoded */
+#define KVP_REUSE_MIN_COPY 16 /* shorter prefixes are prefilled rather than taken, copied or decoded */
 #define KVP_COPY_PIECE 64     /* positions per copy step (the size of s->copy_buf) */
 
 typedef struct {
@@ -26,8 +26,12 @@ typedef struct {
     int n;             /* positions it gives */
 } kvp_reuse_plan;
 
+/* Takes a source giving n positions if it is the best so far. An idle context is taken
+ * over only when the prefix is worth it or loses nothing of its cache (a one-token match,
+ * the BOS, would otherwise throw a whole idle cache away). */
 static void kvp_reuse_consider(kvp_reuse_plan *best, int src, kvp_slot *sl, int cold, int n) {
-    if (src != KVP_SRV_REUSE_IDLE && n < KVP_REUSE_MIN_COPY) return;
+    int whole = src == KVP_SRV_REUSE_IDLE && n > 0 && n == sl->n_toks;
+    if (n < KVP_REUSE_MIN_COPY && !whole) return;
     if (n > best->n || (n == best->n && n > 0 && src == KVP_SRV_REUSE_IDLE && best->src != KVP_SRV_REUSE_IDLE))
         *best = (kvp_reuse_plan){src, sl, cold, n};
 }

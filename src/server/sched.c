@@ -1,9 +1,11 @@
 /*
- * sched.c: the scheduler thread. Each round it ends cancelled sessions, admits waiting jobs
- * (FIFO) while sessions and the KV budget allow, then advances every session by one step:
- * a piece of its prompt (n_batch tokens, or 64 while other sessions are decoding, so that a
- * long prefill never stalls their streams for long) or one generated token. Then it applies
- * the memory budget and publishes the gauges. It sleeps when there is nothing to do.
+ * sched.c: the scheduler thread. Each round it admits waiting jobs (in order, passing over a
+ * job whose prompt prefix another session is still prefilling: it waits to reuse it rather
+ * than compute it twice) while sessions and the KV budget allow; then it advances every
+ * decoding session by one token and the oldest prefilling session by a piece of its prompt
+ * (n_batch tokens, or 64 while others decode, so that a long prefill never stalls their
+ * streams for long); then it applies the memory budget and publishes the gauges. It sleeps
+ * when there is nothing to do.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include "srv_internal.h"
 
 #define KVP_PIECE_SHARED 64 /* prompt tokens per step while other sessions decode */
+#define KVP_WAIT_MIN 64     /* a shared prefix worth waiting for */
 
 /* Waits for work; 0 when the server is stopping. */
 static int kvp_sched_wait(kvp_srv *s) {
@@ -30,15 +33,27 @@ static kvp_srv_job *kvp_sched_peek(kvp_srv *s) {
     return j;
 }
 
-static void kvp_sched_pop(kvp_srv *s) {
+/* The job after j in the queue (NULL at its end). */
+static kvp_srv_job *kvp_sched_next(kvp_srv *s, kvp_srv_job *j) {
     pthread_mutex_lock(&s->mu);
-    kvp_srv_job *j = s->q_head;
-    s->q_head = j->next;
-    if (!s->q_head) s->q_tail = NULL;
+    kvp_srv_job *n = j->next;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* Takes job j out of the queue (only the scheduler removes jobs, so j is in it). */
+static void kvp_sched_unlink(kvp_srv *s, kvp_srv_job *j) {
+    pthread_mutex_lock(&s->mu);
+    kvp_srv_job **pp = &s->q_head, *prev = NULL;
+    while (*pp != j) prev = *pp, pp = &(*pp)->next;
+    *pp = j->next;
+    if (s->q_tail == j) s->q_tail = prev;
     j->next = NULL;
     s->n_queued--;
     pthread_mutex_unlock(&s->mu);
 }
+
+static void kvp_sched_pop(kvp_srv *s) { kvp_sched_unlink(s, kvp_sched_peek(s)); }
 
 /* ---- ending sessions ---- */
 
@@ -118,26 +133,45 @@ static int kvp_sched_fits(kvp_srv *s, kvp_srv_job *j) {
     snprintf(msg, sizeof msg, "the request needs %llu bytes of KV cache (%d prompt + %d generated positions); "
              "--kv-memory allows %llu", (unsigned long long)need, j->n_tokens, j->max_tokens,
              (unsigned long long)s->p.kv_memory);
-    kvp_sched_pop(s);
+    kvp_sched_unlink(s, j);
     kvp_srv_job_done(j, KVP_SRV_FINISH_ERROR, KVP_SRV_EBUSY, msg);
     return -1;
 }
 
+/* 1 when a session still prefilling the same prompt prefix will soon give job j more of it
+ * than memory holds now: j waits for it rather than computing the prefix twice. */
+static int kvp_sched_should_wait(kvp_srv *s, const kvp_srv_job *j) {
+    for (const kvp_sess *ss = s->sessions; ss; ss = ss->next) {
+        if (ss->state != KVP_SESS_PREFILL || j->no_reuse || ss->job->no_reuse || strcmp(ss->job->key, j->key)) continue;
+        int n = kvp_lcp(ss->job->tokens, ss->job->n_tokens, j->tokens, j->n_tokens - 1);
+        if (n >= KVP_WAIT_MIN && n > ss->fed) return 1;
+    }
+    return 0;
+}
+
+static void kvp_sched_cancelled(kvp_srv *s, kvp_srv_job *j) {
+    kvp_sched_unlink(s, j);
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.cancelled++;
+    pthread_mutex_unlock(&s->metrics.mu);
+    kvp_srv_job_done(j, KVP_SRV_FINISH_CANCELLED, 0, "cancelled");
+}
+
+/* Admits waiting jobs in order while sessions and the KV budget allow; a job whose prefix
+ * another session is prefilling is passed over until that prefill is done. */
 static void kvp_sched_admit(kvp_srv *s) {
-    kvp_srv_job *j;
-    while (s->n_sessions < s->p.max_sessions && (j = kvp_sched_peek(s))) {
+    kvp_srv_job *j = kvp_sched_peek(s), *next;
+    for (; j && s->n_sessions < s->p.max_sessions; j = next) {
+        next = kvp_sched_next(s, j);
         if (kvp_job_is_cancelled(j)) {
-            kvp_sched_pop(s);
-            pthread_mutex_lock(&s->metrics.mu);
-            s->metrics.cancelled++;
-            pthread_mutex_unlock(&s->metrics.mu);
-            kvp_srv_job_done(j, KVP_SRV_FINISH_CANCELLED, 0, "cancelled");
+            kvp_sched_cancelled(s, j);
             continue;
         }
+        if (kvp_sched_should_wait(s, j)) continue;
         int fit = kvp_sched_fits(s, j);
         if (fit == 0) break;
         if (fit < 0) continue;
-        kvp_sched_pop(s);
+        kvp_sched_unlink(s, j);
         kvp_sched_start(s, j);
         kvp_budget_enforce(s);
     }
@@ -191,15 +225,17 @@ static void kvp_sess_advance(kvp_srv *s, kvp_sess *ss, int piece) {
     else kvp_sess_generate(s, ss);
 }
 
+/* One step of every decoding session and of the oldest prefilling one: prompts are
+ * prefilled one after another (first come, first served), so the first of several waiting
+ * prompts gets its first token as early as it can, while every stream keeps moving. */
 static void kvp_sched_round(kvp_srv *s) {
-    int decoding = 0;
+    int decoding = 0, k = 0, prefill = 0;
     for (kvp_sess *ss = s->sessions; ss; ss = ss->next) decoding += ss->state == KVP_SESS_DECODE;
     int piece = decoding ? KVP_MIN(s->p.n_batch, KVP_PIECE_SHARED) : s->p.n_batch;
-    int n = s->n_sessions;
-    kvp_sess **order = malloc(sizeof *order * (size_t)(n ? n : 1));
+    kvp_sess **order = malloc(sizeof *order * (size_t)(s->n_sessions ? s->n_sessions : 1));
     if (!order) return;
-    int k = 0;
-    for (kvp_sess *ss = s->sessions; ss; ss = ss->next) order[k++] = ss;
+    for (kvp_sess *ss = s->sessions; ss; ss = ss->next)
+        if (ss->state == KVP_SESS_DECODE || !prefill++ || kvp_job_is_cancelled(ss->job)) order[k++] = ss;
     for (int i = 0; i < k; i++) kvp_sess_advance(s, order[i], piece); /* a step may end its session */
     free(order);
 }

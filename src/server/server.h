@@ -38,7 +38,7 @@ typedef struct kvp_srv_params {
     int store_level;        /* KVP_LEVEL_* of the chunks stored; default lossless */
     int store_timeout_ms;   /* redis deadline per call; 0 = 500 */
     int chunk_tokens;       /* tokens per stored chunk; 0 = KVP_CHUNK_TOKENS_DEFAULT */
-    int cold_level;         /* KVP_LEVEL_* of the in-memory cold tier; -2 = no cold tier */
+    int cold_level;         /* KVP_LEVEL_* of the in-memory cold tier (default medium); -2 = none */
     uint64_t kv_memory;     /* bytes for every context's KV, hot and cold; 0 = no limit */
     int max_sessions;       /* sessions running at once; 0 = 16 */
     int max_queue;          /* jobs waiting for a session; more are refused; 0 = 64 */

@@ -12,7 +12,7 @@ kvp_srv_params kvp_srv_default_params(void) {
     kvp_srv_params p;
     memset(&p, 0, sizeof p);
     p.store_level = KVP_LEVEL_LOSSLESS;
-    p.cold_level = KVP_LEVEL_LOSSLESS;
+    p.cold_level = KVP_LEVEL_MEDIUM;
     return p;
 }
 

@@ -1,0 +1,268 @@
+/*
+ * test_serve_load.c: `kvpack serve` under load and faults, on loopback only, every loop
+ * bounded in count and time:
+ *   - 32 concurrent clients (half of them streaming), 6 requests each, every greedy answer
+ *     equal to `kvpack run --temp 0`, resident memory flat after the warm-up round;
+ *   - slow clients, stalled clients, clients that disconnect mid-stream or before the
+ *     answer, bytes that are not HTTP: each gets an error, a timeout or a cancelled job,
+ *     and the server keeps serving;
+ *   - two servers and one redis-server: a prefix prefilled by one is loaded by the other;
+ *     Redis killed mid-run: both keep answering (prefill instead), the failures counted.
+ */
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "kvpack.h"
+#include "serve/serve_test.h"
+#include "test.h"
+
+#ifdef KVP_HAVE_SERVE
+#include <cJSON.h>
+
+#define KVT_CLIENTS 32
+#define KVT_ROUNDS 6
+#define KVT_PROMPTS 4
+
+static const char *const kvt_prompts[KVT_PROMPTS] = {
+    "Once upon a time, there was a little girl named Mia. She lived in a small house near a big green park.",
+    "Once upon a time, there was a little girl named Mia. She liked to run on the grass and look at the birds.",
+    "Once upon a time, there was a little girl named Mia. One day, Mia saw a small dog under a bench.",
+    "Lily and Tom were playing in the park with a big red ball when it started to rain.",
+};
+
+typedef struct {
+    int port, id, bad, done;
+    char *want[KVT_PROMPTS];
+    pthread_barrier_t *barrier;
+    char err[256];
+} kvt_client;
+
+/* One request of a client; 0 when the answer is the expected text. */
+static int kvt_client_request(kvt_client *c, int round) {
+    int p = (c->id + round) % KVT_PROMPTS, stream = c->id % 2, events = 0, done = 0;
+    char body[1024];
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":32,\"temperature\":0,\"stream\":%s}", kvt_prompts[p],
+             stream ? "true" : "false");
+    kvt_resp r;
+    if (kvt_http(c->port, "POST", "/v1/completions", body, 120, &r) < 0 || r.status != 200) {
+        snprintf(c->err, sizeof c->err, "client %d round %d: status %d", c->id, round, r.status);
+        kvt_resp_free(&r);
+        return -1;
+    }
+    char *text = NULL;
+    if (stream) {
+        text = kvt_sse_text(r.body, 0, &events, &done);
+    } else {
+        cJSON *o = cJSON_Parse(r.body);
+        cJSON *t = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "text");
+        text = cJSON_IsString(t) ? strdup(t->valuestring) : NULL;
+        cJSON_Delete(o);
+    }
+    int ok = text && !strcmp(text, c->want[p]) && (!stream || done);
+    if (!ok) snprintf(c->err, sizeof c->err, "client %d round %d: '%.80s' instead of '%.80s'", c->id, round, text ? text : "", c->want[p]);
+    free(text);
+    kvt_resp_free(&r);
+    return ok ? 0 : -1;
+}
+
+static void *kvt_client_main(void *arg) {
+    kvt_client *c = arg;
+    for (int round = 0; round < KVT_ROUNDS; round++) {
+        if (kvt_client_request(c, round) < 0) c->bad++;
+        c->done++;
+        if (round < 2) pthread_barrier_wait(c->barrier); /* the warm-up rounds end together */
+    }
+    return NULL;
+}
+
+static char kvt_log[1 << 14];
+
+#define START(s, args) CHECKF(kvt_serve_start(&(s), args) == 0, "server did not start: %s", kvt_serve_log(&(s), kvt_log, sizeof kvt_log))
+
+TEST(serve_load_32_clients) {
+    const char *model = kvt_model("stories260K.gguf");
+    kvt_client cl[KVT_CLIENTS];
+    char *want[KVT_PROMPTS];
+    for (int p = 0; p < KVT_PROMPTS; p++) CHECK((want[p] = kvt_run_greedy(model, kvt_prompts[p], 32)));
+    kvt_server s;
+    char args[512];
+    snprintf(args, sizeof args, "-m %s --parallel 16 --queue 64", model);
+    START(s, args);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, KVT_CLIENTS + 1);
+    pthread_t th[KVT_CLIENTS];
+    for (int i = 0; i < KVT_CLIENTS; i++) {
+        cl[i] = (kvt_client){s.port, i, 0, 0, {want[0], want[1], want[2], want[3]}, &barrier, {0}};
+        pthread_create(&th[i], NULL, kvt_client_main, &cl[i]);
+    }
+    pthread_barrier_wait(&barrier); /* round 0 done */
+    pthread_barrier_wait(&barrier); /* round 1 done: warmed up */
+    long rss_warm = kvt_rss_kb(s.pid);
+    int bad = 0, total = 0;
+    const char *first_err = NULL;
+    for (int i = 0; i < KVT_CLIENTS; i++) {
+        pthread_join(th[i], NULL);
+        bad += cl[i].bad;
+        total += cl[i].done;
+        if (cl[i].bad && !first_err) first_err = cl[i].err;
+    }
+    long rss_end = kvt_rss_kb(s.pid);
+    pthread_barrier_destroy(&barrier);
+    kvt_resp r;
+    CHECK(kvt_http(s.port, "GET", "/metrics", NULL, 10, &r) == 0);
+    double saved = kvt_metric(r.body, "kvpack_prefill_tokens_saved_total{source=\"idle\"}") +
+                   kvt_metric(r.body, "kvpack_prefill_tokens_saved_total{source=\"session\"}");
+    double reqs = kvt_metric(r.body, "kvpack_requests_total");
+    kvt_resp_free(&r);
+    int stop = kvt_serve_stop(&s);
+    for (int p = 0; p < KVT_PROMPTS; p++) free(want[p]);
+    CHECKF(bad == 0 && total == KVT_CLIENTS * KVT_ROUNDS, "%d of %d requests wrong; first: %s", bad, total, first_err);
+    CHECKF(reqs == KVT_CLIENTS * KVT_ROUNDS && saved > 0, "requests %g, prefill tokens saved %g", reqs, saved);
+    CHECKF(rss_warm > 0 && rss_end - rss_warm < 8192 + rss_warm / 10, "RSS %ld KiB after warm-up, %ld KiB at the end",
+           rss_warm, rss_end);
+    CHECK(stop == 0);
+}
+
+/* Sends a request one byte at a time (about 1 ms apart) and reads the answer. */
+static int kvt_slow_client(int port, char *out, size_t cap) {
+    int fd = kvt_connect(port, 30);
+    const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":8,\"temperature\":0}";
+    char req[512];
+    int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.0\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    for (int i = 0; fd >= 0 && i < n; i++) {
+        if (send(fd, req + i, 1, MSG_NOSIGNAL) != 1) break;
+        usleep(1000);
+    }
+    size_t got = 0;
+    for (ssize_t k; fd >= 0 && got + 1 < cap && (k = recv(fd, out + got, cap - got - 1, 0)) > 0;) got += (size_t)k;
+    out[got] = 0;
+    if (fd >= 0) close(fd);
+    return strncmp(out, "HTTP/1.0 200", 12) && strncmp(out, "HTTP/1.1 200", 12) ? -1 : 0;
+}
+
+/* Opens a stream of 400 tokens, reads its first event and hangs up. */
+static int kvt_hang_up_mid_stream(int port) {
+    int fd = kvt_connect(port, 30);
+    const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":400,\"stream\":true,\"kvpack\":{\"ignore_eos\":true}}";
+    char req[512], buf[4096] = {0};
+    int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.0\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    int ok = fd >= 0 && send(fd, req, (size_t)n, MSG_NOSIGNAL) == n;
+    size_t got = 0;
+    while (ok && !strstr(buf, "data: ")) {
+        ssize_t k = recv(fd, buf + got, sizeof buf - got - 1, 0);
+        if (k <= 0) ok = 0;
+        else buf[got += (size_t)k] = 0;
+        if (got + 1 >= sizeof buf) break;
+    }
+    if (fd >= 0) close(fd);
+    return ok ? 0 : -1;
+}
+
+static double kvt_wait_metric(int port, const char *name, double at_least) {
+    double v = -1;
+    for (int i = 0; i < 100 && v < at_least; i++) {
+        kvt_resp r;
+        if (kvt_http(port, "GET", "/metrics", NULL, 10, &r) == 0) v = kvt_metric(r.body, name);
+        kvt_resp_free(&r);
+        if (v < at_least) usleep(100000);
+    }
+    return v;
+}
+
+static int kvt_serves(int port) {
+    kvt_resp r;
+    int ok = kvt_http(port, "POST", "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":4}", 60, &r) == 0 &&
+             r.status == 200 && strstr(r.body, "\"completion_tokens\":4");
+    kvt_resp_free(&r);
+    return ok;
+}
+
+TEST(serve_faults_keep_serving) {
+    kvt_server s;
+    char args[512], out[8192];
+    snprintf(args, sizeof args, "-m %s --timeout 2", kvt_model("stories260K.gguf"));
+    START(s, args);
+    CHECKF(kvt_slow_client(s.port, out, sizeof out) == 0, "slow client got: %.200s", out);
+    /* a client that stops in the middle of its headers is closed by the timeout */
+    int fd = kvt_connect(s.port, 10);
+    CHECK(fd >= 0 && send(fd, "POST /v1/completions HTTP/1.0\r\nContent-Le", 41, MSG_NOSIGNAL) == 41);
+    CHECK(kvt_serves(s.port));
+    char c;
+    double t0 = (double)time(NULL);
+    CHECK(recv(fd, &c, 1, 0) <= 0 && (double)time(NULL) - t0 <= 8);
+    close(fd);
+    /* bytes that are not HTTP */
+    fd = kvt_connect(s.port, 10);
+    CHECK(fd >= 0 && send(fd, "\x16\x03\x01garbage\r\n\r\n", 14, MSG_NOSIGNAL) == 14);
+    ssize_t k = recv(fd, out, sizeof out - 1, 0);
+    out[k > 0 ? k : 0] = 0;
+    CHECK(k <= 0 || strstr(out, " 400 ") || strstr(out, " 505 "));
+    close(fd);
+    /* hanging up mid-stream, and before a plain answer: both jobs are cancelled */
+    CHECK(kvt_hang_up_mid_stream(s.port) == 0);
+    CHECK(kvt_wait_metric(s.port, "kvpack_requests_cancelled_total", 1) == 1);
+    fd = kvt_connect(s.port, 10);
+    const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":400,\"kvpack\":{\"ignore_eos\":true}}";
+    char req[512];
+    int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.0\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    CHECK(fd >= 0 && send(fd, req, (size_t)n, MSG_NOSIGNAL) == n);
+    usleep(20000);
+    close(fd);
+    CHECK(kvt_wait_metric(s.port, "kvpack_requests_cancelled_total", 2) == 2);
+    CHECK(kvt_wait_metric(s.port, "kvpack_completion_tokens_total", 0) < 800); /* they stopped early */
+    CHECK(kvt_serves(s.port));
+    CHECKF(kvt_serve_stop(&s) == 0, "%s", kvt_serve_log(&s, kvt_log, sizeof kvt_log));
+}
+
+static cJSON *kvt_complete(int port, const char *prompt, int *status) {
+    char body[1024];
+    snprintf(body, sizeof body, "{\"prompt\":\"%s\",\"max_tokens\":16,\"temperature\":0}", prompt);
+    kvt_resp r;
+    kvt_http(port, "POST", "/v1/completions", body, 60, &r);
+    *status = r.status;
+    cJSON *o = r.body ? cJSON_Parse(r.body) : NULL;
+    kvt_resp_free(&r);
+    return o;
+}
+
+static const char *kvt_field(cJSON *o, const char *a, const char *b) {
+    cJSON *x = cJSON_GetObjectItem(o, a);
+    cJSON *y = b ? cJSON_GetObjectItem(x, b) : x;
+    return cJSON_IsString(y) ? y->valuestring : "";
+}
+
+TEST(serve_redis_two_servers_share) {
+    kvt_server redis, a, b;
+    CHECKF(kvt_redis_start(&redis) == 0, "redis-server did not start (apt-get install redis-server): %s",
+           kvt_serve_log(&redis, kvt_log, sizeof kvt_log));
+    char args[512];
+    snprintf(args, sizeof args, "-m %s --store redis://127.0.0.1:%d/0 --chunk 16 --store-timeout 300",
+             kvt_model("stories260K.gguf"), redis.port);
+    START(a, args);
+    START(b, args);
+    int st = 0;
+    cJSON *oa = kvt_complete(a.port, kvt_prompts[0], &st);
+    CHECK(st == 200 && kvt_wait_metric(a.port, "kvpack_store_chunks_written_total", 1) >= 1);
+    cJSON *ob = kvt_complete(b.port, kvt_prompts[0], &st);
+    cJSON *kb = cJSON_GetObjectItem(ob, "kvpack");
+    double cached = cJSON_GetObjectItem(kb, "cached_tokens") ? cJSON_GetObjectItem(kb, "cached_tokens")->valuedouble : 0;
+    CHECKF(st == 200 && !strcmp(kvt_field(kb, "reuse_source", NULL), "store") && cached >= 16,
+           "server B: status %d, reuse %s, cached %g", st, kvt_field(kb, "reuse_source", NULL), cached);
+    const char *ta = kvt_field(cJSON_GetArrayItem(cJSON_GetObjectItem(oa, "choices"), 0), "text", NULL);
+    const char *tb = kvt_field(cJSON_GetArrayItem(cJSON_GetObjectItem(ob, "choices"), 0), "text", NULL);
+    CHECKF(*ta && !strcmp(ta, tb), "A '%s', B '%s'", ta, tb);
+    cJSON_Delete(oa);
+    cJSON_Delete(ob);
+    kvt_redis_stop(&redis); /* Redis dies mid-run */
+    for (int i = 1; i < KVT_PROMPTS; i++) {
+        cJSON *o = kvt_complete(i % 2 ? a.port : b.port, kvt_prompts[i], &st);
+        CHECKF(st == 200, "status %d after Redis stopped", st);
+        cJSON_Delete(o);
+    }
+    CHECK(kvt_wait_metric(a.port, "kvpack_store_errors_total", 1) >= 1);
+    CHECK(kvt_serves(a.port) && kvt_serves(b.port));
+    CHECK(kvt_serve_stop(&a) == 0 && kvt_serve_stop(&b) == 0);
+}
+
+#endif
