@@ -206,7 +206,7 @@ TEST(codec_plane_roundtrip_odd_sizes) {
 
 TEST(codec_plane_rejects_bad_input) {
     kvp_plane_work w = {0};
-    float x[8] = {0, 1, 2, NAN, 4, 5, 6, 7}, y[8];
+    float x[8] = {0, 1, 2, NAN, 4, 5, 6, 7}, y[12]; /* room for the 3 x 4 shape tried below */
     uint8_t out[4096];
     size_t size;
     CHECK(kvp_plane_encode(x, 2, 4, KVP_PLANE_LOSSY, 0.1f, &w, out, sizeof out, &size) == KVP_EINVAL);

@@ -557,3 +557,142 @@ TEST(kivi_specs) {
     }
     CHECK(kvp_kv_new("bogus", &sh, NULL, &kv) == KVP_EINVAL && strstr(kvp_errmsg(), "k4v4"));
 }
+
+/* ---------------------------------------------------------------------------------------
+ * The MiKV cache.
+ * ------------------------------------------------------------------------------------- */
+
+TEST(mikv_attend_matches_dequantized) {
+    static const char *const specs[] = {"mikv:r8:p25", "mikv:h16:l3:r0:p50", "mikv:l4:p0:r4", "mikv:l2:p20:r16:rot",
+                                        "mikv:p30:r0:bal", "mikv:p25:r8:a8"};
+    static const int hds[] = {8, 7, 33, 64};
+    static const int steps[] = {45, 1, 1, 30, 1, 5, 1, 40, 1, 3, 1, 1};
+    unsigned long long s = 30;
+    for (size_t i = 0; i < KVP_ARRAY_LEN(specs); i++)
+        for (size_t h = 0; h < KVP_ARRAY_LEN(hds) && !kvt_failed(); h++) {
+            kq_cache c;
+            int kvh = hds[h] == 8 ? 4 : 2;
+            CHECK_OK(kq_open(&c, specs[i], 2, 3 * kvh, kvh, hds[h], 160));
+            double worst = kq_run(&c, steps, (int)KVP_ARRAY_LEN(steps), &s);
+            CHECKF(worst <= (strstr(specs[i], "a8") ? 0.02 : 2e-4), "%s, head dim %d: attention differs from the "
+                   "dequantized values by %g", specs[i], hds[h], worst);
+            kq_close(&c);
+        }
+}
+
+/* Queries all point along channel 0; the keys of every fifth position do too, so those
+ * tokens draw most of the attention. */
+static void kq_fill_focus(kq_cache *c, int pos, int n, unsigned long long *s) {
+    int hd = c->sh.head_dim;
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c->kvd; ch++) {
+            int hot = (pos + i) % 5 == 0 && ch % hd == 0;
+            c->k[(size_t)i * c->kvd + ch] = hot ? 6.0f : 0.5f * kvt_randf(s);
+            c->v[(size_t)i * c->kvd + ch] = kvt_randf(s);
+        }
+    for (int i = 0; i < n * c->qd; i++) c->q[i] = i % hd == 0 ? 3.0f : 0.1f * kvt_randf(s);
+}
+
+TEST(mikv_keeps_important_tokens_high) {
+    unsigned long long s = 31;
+    kq_cache c;
+    CHECK_OK(kq_open(&c, "mikv:h8:l2:p20:r8", 1, 2, 1, 32, 400));
+    float *K = malloc(sizeof(float) * 400 * c.kvd), *V = malloc(sizeof(float) * 400 * c.kvd);
+    for (int pos = 0; pos < 400; pos++) {
+        CHECK_OK(c.kv->vt->begin(c.kv, pos, 1, NULL));
+        kq_fill_focus(&c, pos, 1, &s);
+        memcpy(K + (size_t)pos * c.kvd, c.k, sizeof(float) * c.kvd);
+        memcpy(V + (size_t)pos * c.kvd, c.v, sizeof(float) * c.kvd);
+        CHECK_OK(c.kv->vt->append(c.kv, 0, pos, 1, c.k, c.v));
+        CHECK_OK(c.kv->vt->attend(c.kv, 0, pos, 1, c.q, c.out));
+        CHECK_OK(c.kv->vt->end(c.kv));
+    }
+    float *rk = malloc(sizeof(float) * 400 * c.kvd), *rv = malloc(sizeof(float) * 400 * c.kvd);
+    CHECK_OK(c.kv->vt->read(c.kv, 0, 0, 400, rk, rv));
+    /* values of hot tokens read back at 8 bits, those of most others at 2 */
+    int hot_fine = 0, cold_coarse = 0, n_hot = 0, n_cold = 0;
+    for (int p = 0; p < 392; p++) {
+        double e = 0;
+        for (int ch = 0; ch < c.kvd; ch++) e = fmax(e, fabs(rv[(size_t)p * c.kvd + ch] - V[(size_t)p * c.kvd + ch]));
+        if (p % 5 == 0) n_hot++, hot_fine += e < 0.02;
+        else n_cold++, cold_coarse += e > 0.05;
+    }
+    CHECKF(hot_fine >= n_hot * 95 / 100, "only %d of %d important tokens kept at high precision", hot_fine, n_hot);
+    CHECKF(cold_coarse >= n_cold * 70 / 100, "only %d of %d other tokens demoted", cold_coarse, n_cold);
+    kvp_kv_stats st;
+    c.kv->vt->stats(c.kv, &st);
+    CHECKF(st.bits_per_value < 7.0 && st.bits_per_value > 3.0, "bits per value %g", st.bits_per_value);
+    free(K), free(V), free(rk), free(rv);
+    kq_close(&c);
+}
+
+TEST(mikv_stats_count_every_byte) {
+    unsigned long long s = 32;
+    kq_cache c;
+    static const int steps[] = {60, 1, 39};
+    CHECK_OK(kq_open(&c, "mikv:h8:l2:p0:r0:none", 2, 4, 2, 64, 128));
+    kq_run(&c, steps, 3, &s);
+    kvp_kv_stats st;
+    c.kv->vt->stats(c.kv, &st);
+    /* p0, r0: every token goes high at the end of its step, and 32 at a time go low while
+     * 32 or more are high. After 60: 28 high (2 tiles), 32 low; after 61: 29; after 100:
+     * 68 high (a 3rd tile) -> 36 -> 4, and 96 low (3 tiles). Per KV head:
+     *   high tile: key tile 16 x 128 B + value tile 8 x 256 B + F16 scale and minimum per
+     *              (K/V, group, slot) 2 x 2 x 32 x 2 B = 4608 B; positions 32 x 2 B, importance
+     *              32 x 4 B, slot mask 4 B: 196 B
+     *   low tile:  key tile 16 x 32 B + key parameters 2 x 64 + 6 + value tile 8 x 64 B +
+     *              value parameters 2 x (2 x 32 + 6) = 1298 B; positions 64 B, mask 4 B
+     * Two layers of two KV heads. */
+    uint64_t want = 4 * (3 * (4608 + 196) + 3 * (1298 + 68));
+    CHECKF(st.bytes_hot == want, "bytes %llu, want %llu", (unsigned long long)st.bytes_hot, (unsigned long long)want);
+    CHECK(st.n_values == 100ull * 2 * 128 * 2);
+    CHECK(!strcmp(st.spec, "mikv:h8:l2:p0:r0"));
+    kq_close(&c);
+}
+
+TEST(mikv_truncate_keeps_what_remains) {
+    unsigned long long s = 33;
+    static const int steps[] = {70, 1, 49};
+    kq_cache c;
+    CHECK_OK(kq_open(&c, "mikv:l3:p20:r8", 2, 4, 2, 32, 220));
+    kq_run(&c, steps, 3, &s);
+    float *k0 = malloc(sizeof(float) * 120 * c.kvd), *v0 = malloc(sizeof(float) * 120 * c.kvd);
+    float *k1 = malloc(sizeof(float) * 120 * c.kvd), *v1 = malloc(sizeof(float) * 120 * c.kvd);
+    CHECK_OK(c.kv->vt->read(c.kv, 1, 0, 120, k0, v0));
+    static const int cuts[] = {118, 112, 60, 7, 0};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(cuts); i++) {
+        int n = cuts[i];
+        CHECK_OK(c.kv->vt->truncate(c.kv, n));
+        CHECK(c.kv->n_pos == n && c.kv->vt->read(c.kv, 1, 0, n + 1, k1, v1) == KVP_ERANGE);
+        CHECK_OK(c.kv->vt->read(c.kv, 1, 0, n, k1, v1));
+        CHECKF(!memcmp(k0, k1, sizeof(float) * (size_t)n * c.kvd) && !memcmp(v0, v1, sizeof(float) * (size_t)n * c.kvd),
+               "cut %d changed what remains", n);
+    }
+    static const int more[] = {30, 1, 40, 1};
+    double worst = kq_run(&c, more, 4, &s);
+    CHECK(c.kv->n_pos == 72 && worst <= 2e-4);
+    c.kv->vt->reset(c.kv);
+    kvp_kv_stats st;
+    c.kv->vt->stats(c.kv, &st);
+    CHECK(c.kv->n_pos == 0 && st.bytes_hot == 0);
+    free(k0), free(v0), free(k1), free(v1);
+    kq_close(&c);
+}
+
+TEST(mikv_specs) {
+    kvp_kv_shape sh = {1, 2, 2, 16, 64};
+    kvp_kv *kv = NULL;
+    static const char *const bad[] = {"mikv:h4", "mikv:l5", "mikv:l8", "mikv:p101", "mikv:r-2", "mikv:", "mikvx",
+                                      "mikv:foo", "mikv:h8:"};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(bad); i++) {
+        CHECKF(kvp_kv_new(bad[i], &sh, NULL, &kv) == KVP_EINVAL && kv == NULL, "spec '%s' accepted", bad[i]);
+        CHECK(strstr(kvp_errmsg(), bad[i]) && strstr(kvp_errmsg(), "mikv["));
+    }
+    static const char *const good[][2] = {{"mikv", "mikv:h8:l2:p20:r32"}, {"mikv:p10:l3", "mikv:h8:l3:p10:r32"},
+                                          {"mikv:h16:r0:rot", "mikv:h16:l2:p20:r0:rot"}, {"mikv:bal:a8", "mikv:h8:l2:p20:r32:bal:a8"}};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(good); i++) {
+        CHECK_OK(kvp_kv_new(good[i][0], &sh, NULL, &kv));
+        CHECKF(!strcmp(kv->spec, good[i][1]), "'%s' became '%s'", good[i][0], kv->spec);
+        kvp_kv_free(kv);
+    }
+}

@@ -162,14 +162,17 @@ TEST(select_attend_mixed_runs) {
         {KVP_ROWS_Q8, 10, k8 + 20 * HD, v8 + 20 * HD, ks + 20, vs + 20, pos + 20, 0},
     };
     int qpos[2] = {50, 200}; /* the first query sees positions <= 50 only */
-    kvp_attn_io io = {q, 2, qpos, 1, 1.0f / sqrtf((float)HD), s, 64, y};
-    CHECK(kvp_sel_attend(runs, 3, HD, &io) == N);
-    for (int r = 0; r < 2; r++) {
-        double ref[HD];
-        kvt_ref_attend(kf, vf, pos, N, q + r * HD, qpos[r], HD, ref);
-        for (int c = 0; c < HD; c++) CHECK_NEAR(y[r * HD + c], ref[c], 2e-5);
+    float buf[64 * HD];
+    for (int pass = 0; pass < 2; pass++) { /* run by run, then gathered into one buffer */
+        kvp_attn_io io = {q, 2, qpos, 1, 1.0f / sqrtf((float)HD), s, 64, y, pass ? buf : NULL};
+        CHECK(kvp_sel_attend(runs, 3, HD, &io) == N);
+        for (int r = 0; r < 2; r++) {
+            double ref[HD];
+            kvt_ref_attend(kf, vf, pos, N, q + r * HD, qpos[r], HD, ref);
+            for (int c = 0; c < HD; c++) CHECK_NEAR(y[r * HD + c], ref[c], 2e-5);
+        }
+        for (int t = 0; t < N; t++) CHECK((pos[t] <= 50) == (s[t] > 0)); /* masked weights are exactly 0 */
     }
-    for (int t = 0; t < N; t++) CHECK((pos[t] <= 50) == (s[t] > 0)); /* masked weights are exactly 0 */
 }
 
 /* ---- eviction policies on hand-made scores ---- */

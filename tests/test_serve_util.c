@@ -53,7 +53,7 @@ static pid_t kvt_spawn(const char *cmd, const char *log) {
         dup2(fd, 2);
         close(fd);
     }
-    if (!getenv("ASAN_OPTIONS")) setenv("ASAN_OPTIONS", "quarantine_size_mb=16", 1); /* flat memory under ASan too */
+    if (!getenv("ASAN_OPTIONS")) setenv("ASAN_OPTIONS", "quarantine_size_mb=1", 1); /* a small quarantine: flat memory under ASan too */
     execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
     _exit(127);
 }

@@ -101,10 +101,10 @@ int cmd_inspect(int argc, char **argv) {
     const kvp_kvz_info *in = kvp_kvz_get_info(z);
     inspect_header(path, in, kvp_kvz_tokens(z));
     if (size != in->total_size) printf("warning: the file has %zu bytes, the header says %llu\n", size, (unsigned long long)in->total_size);
-    int bad = inspect_chunks(z, in, data, size);
+    int bad = inspect_chunks(z, in, data, size), short_file = size != in->total_size;
     if (!rc && model) rc = inspect_model(path, z, model);
     kvp_kvz_free(z);
     free(text);
     if (bad) fprintf(stderr, "kvpack inspect: %s: %d chunk(s) failed their check\n", path, bad);
-    return bad || size != in->total_size ? 1 : rc;
+    return bad || short_file ? 1 : rc;
 }

@@ -59,11 +59,10 @@ size_t kvp_plane_bound(int n, int d) {
 
 /* ---- value <-> integer ---- */
 
-/* Sign-magnitude 16-bit pattern <-> an integer that orders like the value. */
-static inline int32_t kvp_ord16(uint32_t h) { return (h & 0x8000) ? -1 - (int32_t)(h & 0x7fff) : (int32_t)h; }
-static inline uint16_t kvp_unord16(int64_t o) {
-    return o < 0 ? (uint16_t)(0x8000 | (uint16_t)(-1 - o)) : (uint16_t)o;
-}
+/* A sign-magnitude 16-bit pattern <-> magnitude * 2 + sign, so that x and -x are neighbours
+ * and a channel whose values straddle zero stays unimodal. */
+static inline int32_t kvp_ord16(uint32_t h) { return (int32_t)(((h & 0x7fff) << 1) | ((h >> 15) & 1)); }
+static inline uint16_t kvp_unord16(int64_t o) { return (uint16_t)(((uint32_t)o >> 1) | (((uint32_t)o & 1) << 15)); }
 
 static inline uint32_t kvp_f32_bits(float f) {
     uint32_t b;
@@ -303,12 +302,12 @@ static int kvp_plane_read_side(const uint8_t *p, const kvp_plane_head *h, int d,
     kvp_bitr br;
     kvp_bitr_init(&br, p, h->side);
     int cls_bits = h->n_classes > 1 ? 32 - __builtin_clz((unsigned)h->n_classes - 1) : 0;
-    int64_t lim = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX : 32768;
+    int64_t lo = h->kind == KVP_PLANE_LOSSY ? -KVP_PLANE_QMAX : 0, lim = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX : 65536;
     for (int c = 0; c < d; c++) {
         w->mask[c] = kvp_bitr_get(&br, 1) ? -1 : 0;
         w->cls[c] = (uint8_t)kvp_bitr_get(&br, cls_bits);
         w->m[c] = w->pred[c] = kvp_bitr_get_sexp(&br);
-        if (w->cls[c] >= h->n_classes || w->m[c] < -lim || w->m[c] >= lim || br.overrun)
+        if (w->cls[c] >= h->n_classes || w->m[c] < lo || w->m[c] >= lim || br.overrun)
             return kvp_seterr(KVP_EFORMAT, "plane channel %d: class %d of %d or base %lld out of range%s", c,
                               w->cls[c], h->n_classes, (long long)w->m[c], br.overrun ? " (truncated)" : "");
     }
@@ -393,8 +392,8 @@ static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, int n, int d, 
 /* The general loop: any width, any kind. */
 static uint64_t kvp_plane_general(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_head *h, int n, int d, float *x,
                                   kvp_plane_work *w) {
-    int64_t lo = h->kind == KVP_PLANE_LOSSY ? -KVP_PLANE_QMAX : -32768;
-    int64_t hi = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX - 1 : 32767;
+    int64_t lo = h->kind == KVP_PLANE_LOSSY ? -KVP_PLANE_QMAX : 0;
+    int64_t hi = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX - 1 : 65535;
     uint64_t bad = 0;
     size_t i = 0;
     for (int t = 0; t < n; t++)

@@ -6,10 +6,10 @@
  * Each value becomes an integer q:
  *   - lossy:    q = round(x / step), -QMAX <= q < QMAX; it decodes to q * step, so the
  *               error is at most step / 2 (then the cache rounds to its own type).
- *   - exact16:  q is the ordered form of the value's F16 bits (every value must be exactly an
- *               F16), so the plane decodes bit-exact.
- *   - exact32:  q is the ordered form of the top 16 bits of the F32 bits; the low 16 bits are
- *               stored raw. Bit-exact for any finite or non-finite F32.
+ *   - exact16:  q = magnitude * 2 + sign of the value's F16 bits (every value must be exactly
+ *               an F16), so the plane decodes bit-exact; x and -x are neighbours.
+ *   - exact32:  q is formed the same way from the top 16 bits of the F32 bits; the low 16 bits
+ *               are stored raw. Bit-exact for any finite or non-finite F32.
  * Each channel c predicts q from a per-channel integer m_c (mode "direct") or from the same
  * channel of the previous token (mode "delta", m_c for the first token); the residual's
  * zigzag form is entropy coded with the histogram of the channel's class. Classes group

@@ -230,7 +230,7 @@ int kvp_eval_recall(kvp_model *m, int L, const kvp_eval_params *p, kvp_eval_resu
     kvp_recall_suite s;
     KVP_TRY(kvp_recall_suite_get(L, &s));
     int n = p->n_specs + 1, n_seqs = p->max_seqs > 0 ? KVP_MIN(p->max_seqs, s.n_seqs) : s.n_seqs, rc = KVP_OK;
-    if (kvp_model_get_info(m)->vocab_size < 324)
+    if (kvp_model_get_info(m)->vocab_size != 324)
         return kvp_seterr(KVP_EINVAL, "the recall task needs the 324-token recall vocabulary (this model has %d)",
                           kvp_model_get_info(m)->vocab_size);
     kvp_eval_arm *arms;

@@ -182,13 +182,74 @@ void kvp_kvq_softmax_ref(float *x, int n) {
 }
 
 /* ---------------------------------------------------------------------------------------
+ * The portable scalar kernels: the same sums as the `_ref` twins, but each unit is unpacked
+ * once for every query row (8 tokens or 8 channels at a time), for CPUs without AVX2.
+ * ------------------------------------------------------------------------------------- */
+
+#define KVP_KVQ_SC_ROWS 64 /* query rows per pass */
+
+static void kvp_kvq_scores_sc(const kvp_kvq_ktile *k, const kvp_kvq_rows *q, float *S, int lds, int accum) {
+    size_t ub = kvp_kvq_unit_bytes(k->bits), row_bytes = (size_t)(k->n_tok / 8) * ub;
+    uint8_t code[KVP_KVQ_UNIT];
+    int32_t acc[KVP_KVQ_SC_ROWS][8];
+    for (int j0 = 0; j0 < q->nq; j0 += KVP_KVQ_SC_ROWS) {
+        int nj = KVP_MIN(KVP_KVQ_SC_ROWS, q->nq - j0);
+        for (int u = 0; u < k->n_tok / 8; u++) {
+            memset(acc, 0, sizeof acc);
+            for (int r = 0; r < k->n_rows; r++) {
+                kvp_kvq_unpack_unit(k->codes + r * row_bytes + (size_t)u * ub, k->bits, code);
+                for (int j = 0; j < nj; j++) {
+                    const int8_t *qr = (const int8_t *)q->x + (size_t)(j0 + j) * q->ld + 4 * r;
+                    for (int t = 0; t < 8; t++)
+                        acc[j][t] += qr[0] * code[4 * t] + qr[1] * code[4 * t + 1] + qr[2] * code[4 * t + 2] +
+                                     qr[3] * code[4 * t + 3];
+                }
+            }
+            for (int j = 0; j < nj; j++)
+                for (int t = 0; t < 8; t++) {
+                    int tt = 8 * u + t;
+                    float *o = S + (size_t)(j0 + j) * lds + tt;
+                    float v = q->alpha[j0 + j] * ((float)acc[j][t] * (k->a ? k->a[tt] : 1.0f)) +
+                              q->beta[j0 + j] * (k->m ? k->m[tt] : 1.0f);
+                    *o = accum ? *o + v : v;
+                }
+        }
+    }
+}
+
+static void kvp_kvq_values_sc(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int n_ch, float *Y, int ldy) {
+    size_t ub = kvp_kvq_unit_bytes(v->bits);
+    uint8_t code[KVP_KVQ_UNIT];
+    int32_t acc[KVP_KVQ_SC_ROWS][8];
+    for (int j0 = 0; j0 < w->nq; j0 += KVP_KVQ_SC_ROWS) {
+        int nj = KVP_MIN(KVP_KVQ_SC_ROWS, w->nq - j0);
+        for (int u = 0; u < v->n_units && 8 * u < n_ch; u++) {
+            memset(acc, 0, sizeof acc);
+            for (int r = 0; r < v->n_rows; r++) {
+                kvp_kvq_unpack_unit(v->codes + r * v->row_stride + (size_t)u * ub, v->bits, code);
+                for (int j = 0; j < nj; j++) {
+                    const uint8_t *wr = (const uint8_t *)w->x + (size_t)(j0 + j) * w->ld + 4 * r;
+                    for (int c = 0; c < 8; c++)
+                        acc[j][c] += wr[0] * (int8_t)code[4 * c] + wr[1] * (int8_t)code[4 * c + 1] +
+                                     wr[2] * (int8_t)code[4 * c + 2] + wr[3] * (int8_t)code[4 * c + 3];
+                }
+            }
+            for (int j = 0; j < nj; j++)
+                for (int c = 0; c < 8 && 8 * u + c < n_ch; c++)
+                    Y[(size_t)(j0 + j) * ldy + 8 * u + c] += w->alpha[j0 + j] * (float)acc[j][c] + w->beta[j0 + j];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
  * Dispatch.
  * ------------------------------------------------------------------------------------- */
 
+/* The scalar table: the portable kernels above for the tiles, the `_ref` twins for the rest. */
 void kvp_kvq_fill_scalar(kvp_kvq_table *t) {
     t->isa = "scalar";
-    t->scores = kvp_kvq_scores_ref;
-    t->values = kvp_kvq_values_ref;
+    t->scores = kvp_kvq_scores_sc;
+    t->values = kvp_kvq_values_sc;
     t->query = kvp_kvq_query_ref;
     t->weights = kvp_kvq_weights_ref;
     t->softmax = kvp_kvq_softmax_ref;

@@ -105,7 +105,7 @@ static int kvp_mikv_option(const char *o, size_t len, kvp_mikv_spec *p) {
 }
 
 static int kvp_mikv_parse(const char *spec, kvp_mikv_spec *p) {
-    *p = (kvp_mikv_spec){8, 2, 20, 32, KVP_KX_BAL, 0};
+    *p = (kvp_mikv_spec){8, 2, 20, 32, KVP_KX_NONE, 0};
     if (strncmp(spec, "mikv", 4) || (spec[4] && spec[4] != ':')) goto bad;
     for (const char *o = spec + 4; *o == ':';) {
         const char *e = strchr(o + 1, ':');
@@ -869,7 +869,7 @@ static int kvp_mikv_alloc(kvp_kv_mikv *c) {
 static void kvp_mikv_name(kvp_kv_mikv *c) {
     const kvp_mikv_spec *p = &c->p;
     snprintf(c->base.spec, sizeof c->base.spec, "mikv:h%d:l%d:p%d:r%d%s%s%s", p->hbits, p->lbits, p->pct, p->R,
-             p->xmode == KVP_KX_BAL ? "" : ":", p->xmode == KVP_KX_BAL ? "" : kvp_kx_name(p->xmode), p->a8 ? ":a8" : "");
+             p->xmode == KVP_KX_NONE ? "" : ":", p->xmode == KVP_KX_NONE ? "" : kvp_kx_name(p->xmode), p->a8 ? ":a8" : "");
 }
 
 int kvp_kv_mikv_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out) {

@@ -156,7 +156,7 @@ static void kvp_ev_block(kvp_ev_job *j, kvp_ev_scratch *w, int h, int i0, int cn
     for (int i = 0; i < cnt; i++) w->qpos[i] = j->pos + i0 + i;
     kvp_ev_gather(s, j->q, h, i0, cnt, w->q);
     kvp_attn_io io = {w->q, cnt * c->group, w->qpos, c->group, 1.0f / sqrtf((float)s->head_dim), w->s,
-                      c->scr_lds, w->y};
+                      c->scr_lds, w->y, NULL};
     kvp_sel_attend(&run, nr, s->head_dim, &io);
     if (c->cfg.score == KVP_SCORE_ACC) kvp_ev_accumulate(w, cnt * c->group, c->scr_lds, st, c->ts->n_aux);
     int lo = 0; /* rows the last query saw: slots at positions <= its own */
@@ -213,7 +213,7 @@ static void kvp_ev_window_score(kvp_kv_evict *c, kvp_ev_scratch *w, int layer, i
     }
     kvp_rows run;
     int nr = c->ts->vt->rows(c->ts, layer, h, &run, 1);
-    kvp_attn_io io = {w->q, nw * g, w->qpos, g, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y};
+    kvp_attn_io io = {w->q, nw * g, w->qpos, g, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y, NULL};
     kvp_sel_attend(&run, nr, hd, &io);
     memset(score, 0, sizeof(float) * (size_t)st->n);
     for (int r = 0; r < nw * g; r++)

@@ -147,16 +147,63 @@ static void kvp_run_prefetch(const kvp_rows *r, int hd, int val) {
     if (r->fmt == KVP_ROWS_Q8) __builtin_prefetch(val ? r->vs : r->ks);
 }
 
+/* The run's keys (or values) as floats: x (n, hd). */
+static void kvp_run_floats(const kvp_rows *r, int hd, int val, float *x) {
+    const void *src = val ? r->v : r->k;
+    size_t cnt = (size_t)r->n * (size_t)hd;
+    if (r->fmt == KVP_ROWS_F32) memcpy(x, src, sizeof(float) * cnt);
+    else if (r->fmt == KVP_ROWS_F16) kvp_f16_to_f32_row(src, x, (int)cnt);
+    else kvp_sel_dequant_q8(src, val ? r->vs : r->ks, r->n, hd, x);
+}
+
+/* Gathers every run's keys (or values) into io->buf; returns the total rows. The run
+ * KVP_PREFETCH_AHEAD places ahead is prefetched meanwhile: enough misses in flight to
+ * cover memory latency, few enough not to overflow the core's miss buffers. */
+#define KVP_PREFETCH_AHEAD 4
+static int kvp_runs_gather(const kvp_rows *runs, int n_runs, int hd, int val, float *buf) {
+    int total = 0;
+    for (int i = 0; i < KVP_MIN(KVP_PREFETCH_AHEAD, n_runs); i++) kvp_run_prefetch(&runs[i], hd, val);
+    for (int i = 0; i < n_runs; i++) {
+        if (i + KVP_PREFETCH_AHEAD < n_runs) kvp_run_prefetch(&runs[i + KVP_PREFETCH_AHEAD], hd, val);
+        if (runs[i].n <= 0) continue;
+        kvp_run_floats(&runs[i], hd, val, buf + (size_t)total * hd);
+        total += runs[i].n;
+    }
+    return total;
+}
+
+/* The causal mask of every run, at its offset in the rows of io->s. */
+static void kvp_runs_mask(const kvp_rows *runs, int n_runs, const kvp_attn_io *io) {
+    for (int i = 0, off = 0; i < n_runs; i++) {
+        if (runs[i].n <= 0) continue;
+        kvp_run_mask(&runs[i], io, io->s + off);
+        off += runs[i].n;
+    }
+}
+
+static int kvp_sel_attend_gathered(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *io) {
+    int total = kvp_runs_gather(runs, n_runs, hd, 0, io->buf);
+    for (int i = 0; i < KVP_MIN(KVP_PREFETCH_AHEAD, n_runs); i++) kvp_run_prefetch(&runs[i], hd, 1);
+    kvp_attn_scores_f32(io->buf, total, hd, io->q, io->nq, hd, io->scale, io->s, io->lds);
+    kvp_runs_mask(runs, n_runs, io);
+    for (int j = 0; j < io->nq; j++) kvp_softmax(io->s + (size_t)j * io->lds, total);
+    kvp_runs_gather(runs, n_runs, hd, 1, io->buf);
+    memset(io->y, 0, sizeof(float) * (size_t)io->nq * (size_t)hd);
+    kvp_attn_values_f32(io->y, hd, io->nq, io->s, io->lds, io->buf, total, hd);
+    return total;
+}
+
 int kvp_sel_attend(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *io) {
+    if (io->buf) return kvp_sel_attend_gathered(runs, n_runs, hd, io);
     int total = 0;
     for (int i = 0; i < n_runs; i++) kvp_run_prefetch(&runs[i], hd, 0);
     for (int i = 0; i < n_runs; i++) {
         if (runs[i].n <= 0) continue;
         kvp_run_prefetch(&runs[i], hd, 1);
         kvp_run_scores(&runs[i], hd, io->q, io->nq, io->scale, io->s + total, io->lds);
-        kvp_run_mask(&runs[i], io, io->s + total);
         total += runs[i].n;
     }
+    kvp_runs_mask(runs, n_runs, io);
     for (int j = 0; j < io->nq; j++) kvp_softmax(io->s + (size_t)j * io->lds, total);
     memset(io->y, 0, sizeof(float) * (size_t)io->nq * (size_t)hd);
     for (int i = 0, off = 0; i < n_runs; i++) {

@@ -36,6 +36,7 @@ typedef struct {
     float *bs, *ub, *tmp;     /* (cap_blk) pooled block scores; (group, cap_blk) per query row, twice */
     int *len, *order, *sel;   /* (cap_blk) */
     kvp_rows *runs;           /* (cap_blk + 4) */
+    float *rows;              /* (lds, hd): the chosen rows gathered as floats */
     int qpos, max_att;
 } kvp_rt_scratch;
 
@@ -114,6 +115,7 @@ static void kvp_rt_scratch_free(kvp_rt_scratch *w) {
     free(w->order);
     free(w->sel);
     free(w->runs);
+    kvp_afree(w->rows);
     *w = (kvp_rt_scratch){0};
 }
 
@@ -130,7 +132,8 @@ static int kvp_rt_scratch_one(kvp_kv_retr *c, kvp_rt_scratch *w) {
     w->order = malloc(sizeof(int) * nb);
     w->sel = malloc(sizeof(int) * nb);
     w->runs = malloc(sizeof(kvp_rows) * (nb + 4));
-    if (!w->q || !w->y || !w->absq || !w->s || !w->bs || !w->ub || !w->tmp || !w->len || !w->order || !w->sel || !w->runs)
+    w->rows = kvp_amalloc(sizeof(float) * (size_t)c->scr_lds * hd);
+    if (!w->q || !w->y || !w->absq || !w->s || !w->bs || !w->ub || !w->tmp || !w->len || !w->order || !w->sel || !w->runs || !w->rows)
         return kvp_seterr(KVP_ENOMEM, "out of memory for retrieval scratch");
     return KVP_OK;
 }
@@ -415,7 +418,7 @@ static void kvp_rt_task(void *arg, int chunk, int thread) {
     nr = kvp_rt_recent(c, w, j->layer, h, rs, p, nr);
     kvp_rt_gather(c, w->q, i, h, j->q);
     w->qpos = p;
-    kvp_attn_io io = {w->q, c->group, &w->qpos, c->group, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y};
+    kvp_attn_io io = {w->q, c->group, &w->qpos, c->group, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y, w->rows};
     w->max_att = KVP_MAX(w->max_att, kvp_sel_attend(w->runs, nr, hd, &io));
     kvp_rt_scatter(c, w->y, i, h, j->out);
 }

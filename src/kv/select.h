@@ -95,12 +95,16 @@ typedef struct kvp_attn_io {
     float *s;        /* scratch (nq, lds): on return the attention weights of every row */
     int lds;         /* >= the total rows of the runs */
     float *y;        /* (nq, hd) output */
+    float *buf;      /* NULL, or scratch (lds, hd): the runs' keys, then values, are gathered
+                      * into it as floats and attended with one kernel call each */
 } kvp_attn_io;
 
 /* Causal attention of io->nq query rows over the runs, taken in order as one sequence of
  * rows: row t of the sequence is visible to query row r iff its position <= qpos[r/group].
  * Fills io->s with the softmax weights (0 where masked) and io->y with the output. Returns
- * the total number of rows. */
+ * the total number of rows. With io->buf the many short runs of a retrieval query (16-row
+ * pages) cost two kernel calls instead of two per run; the result is the same up to the
+ * order of float additions. */
 int kvp_sel_attend(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *io);
 
 /* 8-bit rows (symmetric, one float scale per row of hd values), the cold tier's format:
