@@ -241,17 +241,44 @@ static void kvp_kvq_values_sc(const kvp_kvq_vtile *v, const kvp_kvq_rows *w, int
     }
 }
 
+/* Query and weight rows with s and m decoded once per call (n <= KVP_KVQ_SC_PAR): the
+ * same float operations as the `_ref` twins, so the same bytes. */
+#define KVP_KVQ_SC_PAR 512
+
+static void kvp_kvq_query_sc(const float *Q, int ldq, int nq, const kvp_kvq_par *p, int n, float scale,
+                             const kvp_kvq_bytes *o) {
+    float sv[KVP_KVQ_SC_PAR], mv[KVP_KVQ_SC_PAR];
+    if (n > KVP_KVQ_SC_PAR) {
+        kvp_kvq_query_ref(Q, ldq, nq, p, n, scale, o);
+        return;
+    }
+    for (int c = 0; c < n; c++) sv[c] = kvp_kvq_s(p, c), mv[c] = kvp_kvq_m(p, c);
+    kvp_kvq_par f = {NULL, NULL, NULL, sv, mv, 0};
+    kvp_kvq_query_ref(Q, ldq, nq, &f, n, scale, o);
+}
+
+static void kvp_kvq_weights_sc(const float *P, int ldp, int nq, const kvp_kvq_par *p, int n, const kvp_kvq_bytes *o) {
+    float sv[KVP_KVQ_SC_PAR], mv[KVP_KVQ_SC_PAR];
+    if (n > KVP_KVQ_SC_PAR) {
+        kvp_kvq_weights_ref(P, ldp, nq, p, n, o);
+        return;
+    }
+    for (int t = 0; t < n; t++) sv[t] = kvp_kvq_s(p, t), mv[t] = kvp_kvq_m(p, t);
+    kvp_kvq_par f = {NULL, NULL, NULL, sv, mv, 0};
+    kvp_kvq_weights_ref(P, ldp, nq, &f, n, o);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Dispatch.
  * ------------------------------------------------------------------------------------- */
 
-/* The scalar table: the portable kernels above for the tiles, the `_ref` twins for the rest. */
+/* The scalar table: the portable kernels above, the `_ref` softmax. */
 void kvp_kvq_fill_scalar(kvp_kvq_table *t) {
     t->isa = "scalar";
     t->scores = kvp_kvq_scores_sc;
     t->values = kvp_kvq_values_sc;
-    t->query = kvp_kvq_query_ref;
-    t->weights = kvp_kvq_weights_ref;
+    t->query = kvp_kvq_query_sc;
+    t->weights = kvp_kvq_weights_sc;
     t->softmax = kvp_kvq_softmax_ref;
 }
 
