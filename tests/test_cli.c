@@ -100,3 +100,24 @@ TEST(cli_bad_input) {
     CHECK(kvt_cli("--help", kvt_out, sizeof kvt_out) == 0 && strstr(kvt_out, "commands:"));
     CHECK(kvt_cli("run --help", kvt_out, sizeof kvt_out) == 0 && strstr(kvt_out, "--temp"));
 }
+
+/* `kvpack demo` builds its own model: no file needed; the full cache and 8-bit KIVI answer
+ * every query, StreamingLLM at 25% loses most (its pairs are evicted), and the plot is SVG. */
+TEST(cli_demo) {
+    char args[256], path[64];
+    snprintf(path, sizeof path, "/tmp/kvt_demo_%d.svg", (int)getpid());
+    snprintf(args, sizeof args, "demo -n 2 -q --plot %s", path);
+    CHECKF(kvt_cli(args, kvt_out, sizeof kvt_out) == 0, "%s", kvt_out);
+    CHECKF(strstr(kvt_out, "full cache (f16)          100.0%  100.0%  100.0%"), "%s", kvt_out);
+    CHECKF(strstr(kvt_out, "KIVI 8-bit                100.0%  100.0%  100.0%"), "%s", kvt_out);
+    const char *s = strstr(kvt_out, "StreamingLLM 25%");
+    double a256 = 100;
+    CHECK(s && sscanf(s + 16, " %lf", &a256) == 1 && a256 < 50);
+    FILE *f = fopen(path, "r");
+    CHECK(f);
+    char head[64] = {0};
+    CHECK(fread(head, 1, sizeof head - 1, f) > 0 && !strncmp(head, "<svg", 4));
+    fclose(f);
+    unlink(path);
+    CHECK(kvt_cli("demo -n 0", kvt_out, sizeof kvt_out) == 2);
+}

@@ -54,6 +54,7 @@ int cmd_synth(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 int cmd_save(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_codec_bench(int argc, char **argv);

@@ -13,6 +13,7 @@ typedef struct {
 } cli_command;
 
 static const cli_command cli_commands[] = {
+    {"demo", cmd_demo, "recall accuracy of every cache and policy on a model kvpack builds itself (no file needed)"},
     {"run", cmd_run, "generate text from a prompt"},
     {"info", cmd_info, "show a model's architecture, shapes, tensor types and sizes"},
     {"bench", cmd_bench, "measure prefill and decode speed and KV-cache bytes"},
