@@ -275,6 +275,12 @@ TEST(cli_eval_bad_input) {
     CHECK(kvt_eval_cli(args) == 2 && strstr(kvt_eval_out, ".svg or .png"));
     snprintf(args, sizeof args, "eval -m %s -f tests/data/stories.txt -c 100 --skip 99 --kv k4v4", st);
     CHECK(kvt_eval_cli(args) == 1 && strstr(kvt_eval_out, "leaves none"));
+    char png[64];
+    snprintf(png, sizeof png, "/tmp/kvt_eval_%d.png", (int)getpid());
+    snprintf(args, sizeof args, "eval -m %s -f tests/data/stories.txt --max-tokens 100 --kv k4v4 --plot %s", st, png);
+    int rc = kvt_eval_cli(args); /* a PNG needs gnuplot: written with it, a clear error without */
+    CHECKF(rc == 0 ? access(png, F_OK) == 0 : rc == 1 && strstr(kvt_eval_out, "gnuplot is not installed"), "%s", kvt_eval_out);
+    unlink(png);
     CHECK(kvt_eval_cli("eval --kv") == 2 && strstr(kvt_eval_out, "needs a value"));
     CHECK(kvt_eval_cli("eval --help") == 0 && strstr(kvt_eval_out, "--recall"));
 }

@@ -69,7 +69,6 @@ static int eval_take_selects(int argc, char **argv, eval_args *a) {
     return out;
 }
 
-/* Splits a->budget at commas into budgets (pointers into buf); returns how many. */
 /* The hot and cold parts of the caches that have a cold tier (quest, sentencekv). */
 static void eval_print_cold(const kvp_eval_result *r, int n) {
     char h[32], c[32];
@@ -79,6 +78,7 @@ static void eval_print_cold(const kvp_eval_result *r, int n) {
                    cli_bytes(r[i].kv_bytes_cold, c, sizeof c));
 }
 
+/* Splits a->budget at commas into budgets (pointers into buf); returns how many. */
 static int eval_budgets(const eval_args *a, char *buf, size_t cap, const char **budgets) {
     int n = 0;
     char *save = NULL;

@@ -28,9 +28,9 @@ struct kvp_pool {
     _Atomic int caller_sleeps;  /* the caller is blocked (or about to block) on done */
     _Atomic int stop;
     _Atomic int sleepers;       /* workers blocked (or about to block) in FUTEX_WAIT on gen */
-    kvp_task_fn fn;             /* written before gen is published */
+    kvp_task_fn fn;             /* written after claim changes and before gen is published */
     void *arg;
-    int n_chunks;
+    _Atomic int n_chunks;
 };
 
 typedef struct {
@@ -52,13 +52,11 @@ static inline void kvp_cpu_relax(void) {
 static void kvp_pool_work(kvp_pool *p, uint32_t gen, int ith) {
     for (;;) {
         uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
-        if ((uint32_t)(c >> 32) != gen || (int)(uint32_t)c >= p->n_chunks) return;
-        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
-                                                   memory_order_relaxed))
-            continue;
+        if ((uint32_t)(c >> 32) != gen || (int)(uint32_t)c >= atomic_load(&p->n_chunks)) return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1)) continue;
         p->fn(p->arg, (int)(uint32_t)c, ith);
         uint32_t d = atomic_fetch_add(&p->done, 1) + 1;
-        if ((int)d == p->n_chunks && atomic_load(&p->caller_sleeps)) kvp_futex(&p->done, FUTEX_WAKE, 1);
+        if ((int)d == atomic_load(&p->n_chunks) && atomic_load(&p->caller_sleeps)) kvp_futex(&p->done, FUTEX_WAKE, 1);
     }
 }
 
@@ -136,12 +134,15 @@ void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
         for (int c = 0; c < n_chunks; c++) fn(arg, c, 0);
         return;
     }
+    /* The claim word moves to the new generation first: a worker still looking at the
+     * previous job then fails its compare-and-swap (or sees the new generation) instead of
+     * pairing the old job's claim counter with this job's chunk count. */
     uint32_t gen = atomic_load(&p->gen) + 1;
+    atomic_store(&p->claim, (uint64_t)gen << 32);
     p->fn = fn;
     p->arg = arg;
-    p->n_chunks = n_chunks;
-    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->claim, (uint64_t)gen << 32, memory_order_release);
+    atomic_store(&p->n_chunks, n_chunks);
+    atomic_store(&p->done, 0);
     atomic_store(&p->gen, gen);
     if (atomic_load(&p->sleepers)) kvp_futex(&p->gen, FUTEX_WAKE, INT32_MAX);
     kvp_pool_work(p, gen, 0);

@@ -141,6 +141,12 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
  * KVP_PF_DIST bytes ahead (see kernels_avx512.c). */
 #define KVP_PF_DIST 4096
 
+/* Prefetches the line KVP_PF_DIST bytes past p into L1; the address may lie past the end of
+ * the matrix, so it is formed as an integer. */
+KVP_AI void kvp_prefetch(const void *p) {
+    _mm_prefetch((const char *)((uintptr_t)p + KVP_PF_DIST), _MM_HINT_T0);
+}
+
 /* Decode: y[r] = dot(W[r], x) for the 4 rows at w, read one after the other. */
 KVP_AI void kvp_fgemv4(const int et, const char *w, size_t wrow, const float *x, int cols,
                        float *y) {
@@ -154,7 +160,7 @@ KVP_AI void kvp_fgemv4(const int et, const char *w, size_t wrow, const float *x,
         for (; k + 32 <= cols; k += 32) {
             const char *p = wr + (size_t)k * es;
 #pragma GCC unroll 2
-            for (size_t o = 0; o < 32 * es; o += 64) _mm_prefetch(p + KVP_PF_DIST + o, _MM_HINT_T0);
+            for (size_t o = 0; o < 32 * es; o += 64) kvp_prefetch(p + o);
             a0 = _mm256_fmadd_ps(kvp_ld(et, p), _mm256_loadu_ps(x + k), a0);
             a1 = _mm256_fmadd_ps(kvp_ld(et, p + 8 * es), _mm256_loadu_ps(x + k + 8), a1);
             a2 = _mm256_fmadd_ps(kvp_ld(et, p + 16 * es), _mm256_loadu_ps(x + k + 16), a2);
@@ -303,8 +309,10 @@ KVP_AI __m256 kvp_qgemv_row(const int qt, const char *wr, const kvp_block_q8_0 *
     const int bs = qt == KVP_Q_Q8_0 ? (int)sizeof(kvp_block_q8_0) : (int)sizeof(kvp_block_q4_0);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    uintptr_t pf = ((uintptr_t)wr + KVP_PF_DIST) & ~(uintptr_t)63; /* next line to prefetch */
     for (int b = 0; b < nb; b++) {
-        if ((b & 1) == 0) _mm_prefetch(wr + (size_t)b * bs + KVP_PF_DIST, _MM_HINT_T0);
+        const uintptr_t end = (uintptr_t)wr + (uintptr_t)(b + 1) * bs + KVP_PF_DIST;
+        for (; pf < end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
         float wd;
         const __m256i wq = kvp_qload(qt, wr, b, &wd);
         const __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);

@@ -157,14 +157,11 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
 #ifndef KVP_PF_DIST
 #define KVP_PF_DIST 4096
 #endif
-#ifndef KVP_PF_FAR
-#define KVP_PF_FAR 0
-#endif
-/* Prefetches the line p + KVP_PF_DIST into L1 and, when KVP_PF_FAR is set, p + KVP_PF_FAR
- * into L2. */
-KVP_AI void kvp_prefetch(const char *p) {
-    _mm_prefetch(p + KVP_PF_DIST, _MM_HINT_T0);
-    if (KVP_PF_FAR) _mm_prefetch(p + KVP_PF_FAR, _MM_HINT_T1);
+/* Prefetches the line KVP_PF_DIST bytes past p into L1. The address is formed as an integer:
+ * it may lie past the end of the matrix, where a pointer must not point (prefetches never
+ * fault). */
+KVP_AI void kvp_prefetch(const void *p) {
+    _mm_prefetch((const char *)((uintptr_t)p + KVP_PF_DIST), _MM_HINT_T0);
 }
 
 /* Decode: y[r] = dot(W[r], x) for the 4 rows at w, read one after the other, with 4
@@ -382,11 +379,13 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
 KVP_AI __m512 kvp_qgemv_row(const int qt, const char *wr, const kvp_qstep *st, int nb) {
     const int bs = qt == KVP_Q_Q8_0 ? (int)sizeof(kvp_block_q8_0) : (int)sizeof(kvp_block_q4_0);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    /* one prefetch per cache line: pf is the next line to prefetch, at KVP_PF_DIST ahead
+     * (the previous row has prefetched the lines before it) */
+    uintptr_t pf = ((uintptr_t)wr + KVP_PF_DIST) & ~(uintptr_t)63;
     int b = 0;
     for (; b + 4 <= nb; b += 4, st += 2) {
-        const char *p = wr + (size_t)b * bs;
-#pragma GCC unroll 4
-        for (int o = 0; o < 4 * bs; o += 64) kvp_prefetch(p + o);
+        const uintptr_t end = (uintptr_t)wr + (uintptr_t)(b + 4) * bs + KVP_PF_DIST;
+        for (; pf < end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
         __m512i q0, q1;
         __m512 d0, d1;
         kvp_qload(qt, wr, b, 1, &q0, &d0);

@@ -2,16 +2,17 @@
  * kv_quant.c: the KIVI cache ("KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV
  * Cache", Liu et al. 2024): keys quantized per channel over blocks of G tokens, values per
  * token over groups of 32 channels, the most recent R tokens in F16, bit widths of K and V
- * chosen independently. Spec: kXvY[:rR][:gG][:rot|:bal|:none], X, Y in 2, 3, 4, 8.
+ * chosen independently. Spec: kXvY[:rR][:gG][:rot|:bal|:none][:a8], X, Y in 2, 3, 4, 8.
  *
  * Memory. Per layer: an F16 window (quant.h) holding positions [n_blocks * G, n_pos) and
- * the quantized blocks, block b holding positions [b G, b G + G). A block is one
- * allocation:
- *   K tiles      (n_kv_heads) x ktile bytes      key tile of G tokens x head_dim channels
- *   K params     (n_kv_heads) x (2 head_dim + 6)  8-bit scale and minimum codes per channel,
- *                                                 one F16 super triple per head
- *   V tiles      (n_kv_heads) x vtile bytes      value tile of G tokens x head_dim channels
- *   V params     (n_vgroups) x (2 G + 6)          per token and value group, super per group
+ * the quantized blocks, block b holding positions [b G, b G + G). Block b has
+ *   a key tile per KV head        ktile bytes: G tokens x head_dim channels
+ *   key parameters per KV head    2 head_dim + 6: 8-bit scale and minimum codes per
+ *                                 channel, one F16 super triple
+ *   a value tile per KV head      vtile bytes: G tokens x head_dim channels
+ *   value parameters per group    2 G + 6: per token, super triple per group
+ * and each kind lives in an array of its own per layer, blocks in order per head, so that
+ * attention reads every array front to back (kvp_kivi_layer).
  * Value groups are 32 consecutive channels of the kv_dim row, so with head_dim 8 (the
  * stories model) one group spans 4 heads; a head_dim that is not a multiple of 8 groups
  * each head's channels on their own.
