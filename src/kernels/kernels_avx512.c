@@ -161,7 +161,7 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
  * it may lie past the end of the matrix, where a pointer must not point (prefetches never
  * fault). */
 KVP_AI void kvp_prefetch(const void *p) {
-    _mm_prefetch((const char *)((uintptr_t)p + KVP_PF_DIST), _MM_HINT_T0);
+    if (KVP_PF_DIST) _mm_prefetch((const char *)((uintptr_t)p + KVP_PF_DIST), _MM_HINT_T0);
 }
 
 /* Decode: y[r] = dot(W[r], x) for the 4 rows at w, read one after the other, with 4
@@ -219,10 +219,14 @@ KVP_AI void kvp_fgemm(const int et, const void *wv, int cols, const void *xp, in
     const char *w = wv;
     const float *x = xp;
     const size_t wrow = (size_t)cols * kvp_esize(et);
-    if (n == 1) { /* decode: stream the rows once, in order */
-        int r = r0;
-        for (; r + 4 <= r1; r += 4) kvp_fgemv4(et, w + r * wrow, wrow, x, cols, y + r);
-        for (; r < r1; r++)
+    if (n == 1) { /* decode: two linear streams, groups of 4 rows from each in turn */
+        const int groups = (r1 - r0) / 4, ga = (groups + 1) / 2;
+        for (int g = 0; g < ga; g++) {
+            const int ra = r0 + 4 * g, rb = r0 + 4 * (ga + g);
+            kvp_fgemv4(et, w + ra * wrow, wrow, x, cols, y + ra);
+            if (ga + g < groups) kvp_fgemv4(et, w + rb * wrow, wrow, x, cols, y + rb);
+        }
+        for (int r = r0 + 4 * groups; r < r1; r++)
             kvp_fgemm_tile(et, 1, 1, w + r * wrow, wrow, x, (size_t)cols, 0, cols, y + r, ldy, 0);
         return;
     }
@@ -385,7 +389,7 @@ KVP_AI __m512 kvp_qgemv_row(const int qt, const char *wr, const kvp_qstep *st, i
     int b = 0;
     for (; b + 4 <= nb; b += 4, st += 2) {
         const uintptr_t end = (uintptr_t)wr + (uintptr_t)(b + 4) * bs + KVP_PF_DIST;
-        for (; pf < end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
+        for (; KVP_PF_DIST && pf < end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
         __m512i q0, q1;
         __m512 d0, d1;
         kvp_qload(qt, wr, b, 1, &q0, &d0);
@@ -429,14 +433,16 @@ KVP_AI void kvp_qgemm(const int qt, const void *wv, int cols, const void *xpv, i
             const int b1 = KVP_MIN(nb, b0 + kb), accum = b0 > 0;
             kvp_qpanel_build(panel, xp, xrow, 1, b0, b1, shift);
             const size_t off = (size_t)b0 * (wrow / (size_t)nb);
-            int r = r0;
-            for (; r + 4 <= r1; r += 4) {
+            /* two linear streams, groups of 4 rows from each in turn */
+            const int groups = (r1 - r0) / 4, ga = (groups + 1) / 2;
+            for (int g = 0; g < groups; g++) {
+                const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
                 __m512 res[4];
 #pragma GCC unroll 4
                 for (int i = 0; i < 4; i++) res[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, panel, b1 - b0);
                 kvp_store_sums(4, res, y + r, accum, 1.0f);
             }
-            for (; r < r1; r++) {
+            for (int r = r0 + 4 * groups; r < r1; r++) {
                 __m512 res = kvp_qgemv_row(qt, w + r * wrow + off, panel, b1 - b0);
                 kvp_store_sums(1, &res, y + r, accum, 1.0f);
             }
