@@ -18,6 +18,10 @@
 #include "pool.h"
 
 #define KVP_SPIN_ITERS 20000 /* pause loops before sleeping: tens of microseconds */
+#define KVP_LAG_MIN_WAIT 20e-6 /* seconds of waiting on workers that count as lag */
+#define KVP_BACKOFF_MIN 64     /* jobs in the first solo stretch */
+#define KVP_BACKOFF_MAX 4096
+#define KVP_LAG_WINDOW 256     /* two lags within this many jobs start a solo stretch */
 
 struct kvp_pool {
     int n_threads;
@@ -26,6 +30,9 @@ struct kvp_pool {
     _Atomic uint32_t gen;       /* futex word the workers sleep on */
     _Atomic uint32_t done;      /* chunks finished in the current job; futex word of the caller */
     _Atomic int caller_sleeps;  /* the caller is blocked (or about to block) on done */
+    int solo_left;              /* jobs still to run on the caller alone (backing off) */
+    int backoff;                /* length of the next solo stretch, in jobs */
+    int since_lag;              /* jobs since the caller last waited long on a worker */
     _Atomic int stop;
     _Atomic int sleepers;       /* workers blocked (or about to block) in FUTEX_WAIT on gen */
     kvp_task_fn fn;             /* written after claim changes and before gen is published */
@@ -100,6 +107,8 @@ int kvp_pool_new(int n_threads, kvp_pool **out) {
     kvp_pool *p = calloc(1, sizeof *p);
     if (!p) return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool");
     p->n_threads = n_threads;
+    p->backoff = KVP_BACKOFF_MIN;
+    p->since_lag = KVP_LAG_WINDOW;
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     if (!p->threads) { free(p); return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool"); }
     for (int i = 1; i < n_threads; i++) {
@@ -128,12 +137,42 @@ void kvp_pool_free(kvp_pool *p) {
 
 int kvp_pool_size(const kvp_pool *p) { return p ? p->n_threads : 1; }
 
+/* Backing off when the cores are busy elsewhere. A worker that the operating system
+ * preempts in the middle of a chunk holds the whole job until it runs again (a time slice:
+ * milliseconds), so when the caller repeatedly waits on workers for much of a job, the pool
+ * runs the next `backoff` jobs on the caller alone, then tries the workers again. Two lags
+ * within KVP_LAG_WINDOW jobs start a stretch; the stretch doubles while the lag persists
+ * (up to 4096 jobs) and resets after 4096 jobs without lag. */
+
+static void kvp_pool_note_lag(kvp_pool *p, double t_total, double t_wait) {
+    int lag = t_wait > KVP_LAG_MIN_WAIT && t_wait > 0.3 * t_total;
+    if (!lag) {
+        if (++p->since_lag > KVP_BACKOFF_MAX) p->backoff = KVP_BACKOFF_MIN; /* calm again */
+        return;
+    }
+    if (p->since_lag < KVP_LAG_WINDOW) { /* a second lag soon after the first: back off */
+        p->solo_left = p->backoff;
+        p->backoff = KVP_MIN(2 * p->backoff, KVP_BACKOFF_MAX);
+    }
+    p->since_lag = 0;
+}
+
+static void kvp_pool_serial(kvp_task_fn fn, void *arg, int n_chunks) {
+    for (int c = 0; c < n_chunks; c++) fn(arg, c, 0);
+}
+
 void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
     if (n_chunks <= 0) return;
     if (!p || p->n_threads == 1 || n_chunks == 1) {
-        for (int c = 0; c < n_chunks; c++) fn(arg, c, 0);
+        kvp_pool_serial(fn, arg, n_chunks);
         return;
     }
+    if (p->solo_left > 0) {
+        p->solo_left--;
+        kvp_pool_serial(fn, arg, n_chunks);
+        return;
+    }
+    double t0 = kvp_now();
     /* The claim word moves to the new generation first: a worker still looking at the
      * previous job then fails its compare-and-swap (or sees the new generation) instead of
      * pairing the old job's claim counter with this job's chunk count. */
@@ -146,10 +185,13 @@ void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
     atomic_store(&p->gen, gen);
     if (atomic_load(&p->sleepers)) kvp_futex(&p->gen, FUTEX_WAKE, INT32_MAX);
     kvp_pool_work(p, gen, 0);
+    double t1 = kvp_now();
     /* Every chunk is claimed; wait for the ones other threads are still running. */
     for (;;) {
         uint32_t d = atomic_load_explicit(&p->done, memory_order_acquire);
         if ((int)d == n_chunks) break;
         kvp_wait_change(&p->done, d, NULL, &p->caller_sleeps);
     }
+    double t2 = kvp_now();
+    kvp_pool_note_lag(p, t2 - t0, t2 - t1);
 }

@@ -164,35 +164,27 @@ KVP_AI void kvp_prefetch(const void *p) {
     if (KVP_PF_DIST) _mm_prefetch((const char *)((uintptr_t)p + KVP_PF_DIST), _MM_HINT_T0);
 }
 
-/* Decode: y[r] = dot(W[r], x) for the 4 rows at w, read one after the other, with 4
- * accumulators per row. */
-KVP_AI void kvp_fgemv4(const int et, const char *w, size_t wrow, const float *x, int cols,
-                       float *y) {
+/* Decode: dot(W row at wr, x) as 16 partial sums, with 4 accumulators, prefetching ahead. */
+KVP_AI __m512 kvp_fgemv_row(const int et, const char *wr, const float *x, int cols) {
     const size_t es = kvp_esize(et);
-    __m512 res[4];
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 64 <= cols; k += 64) {
+        const char *p = wr + (size_t)k * es;
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        const char *wr = w + r * wrow;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int k = 0;
-        for (; k + 64 <= cols; k += 64) {
-            const char *p = wr + (size_t)k * es;
-#pragma GCC unroll 4
-            for (size_t o = 0; o < 64 * es; o += 64) kvp_prefetch(p + o);
-            a0 = _mm512_fmadd_ps(kvp_ld(et, p), _mm512_loadu_ps(x + k), a0);
-            a1 = _mm512_fmadd_ps(kvp_ld(et, p + 16 * es), _mm512_loadu_ps(x + k + 16), a1);
-            a2 = _mm512_fmadd_ps(kvp_ld(et, p + 32 * es), _mm512_loadu_ps(x + k + 32), a2);
-            a3 = _mm512_fmadd_ps(kvp_ld(et, p + 48 * es), _mm512_loadu_ps(x + k + 48), a3);
-        }
-        for (; k + 16 <= cols; k += 16)
-            a0 = _mm512_fmadd_ps(kvp_ld(et, wr + (size_t)k * es), _mm512_loadu_ps(x + k), a0);
-        if (k < cols) {
-            const __mmask16 m = kvp_mask16(cols - k);
-            a1 = _mm512_fmadd_ps(kvp_ld_mask(et, wr + (size_t)k * es, m), _mm512_maskz_loadu_ps(m, x + k), a1);
-        }
-        res[r] = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+        for (size_t o = 0; o < 64 * es; o += 64) kvp_prefetch(p + o);
+        a0 = _mm512_fmadd_ps(kvp_ld(et, p), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(kvp_ld(et, p + 16 * es), _mm512_loadu_ps(x + k + 16), a1);
+        a2 = _mm512_fmadd_ps(kvp_ld(et, p + 32 * es), _mm512_loadu_ps(x + k + 32), a2);
+        a3 = _mm512_fmadd_ps(kvp_ld(et, p + 48 * es), _mm512_loadu_ps(x + k + 48), a3);
     }
-    kvp_store_sums(4, res, y, 0, 1.0f);
+    for (; k + 16 <= cols; k += 16)
+        a0 = _mm512_fmadd_ps(kvp_ld(et, wr + (size_t)k * es), _mm512_loadu_ps(x + k), a0);
+    if (k < cols) {
+        const __mmask16 m = kvp_mask16(cols - k);
+        a1 = _mm512_fmadd_ps(kvp_ld_mask(et, wr + (size_t)k * es, m), _mm512_maskz_loadu_ps(m, x + k), a1);
+    }
+    return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
 }
 
 /* Rows [r0, r1) of one K chunk for a tile of T tokens: tiles of 4 rows, then single rows. */
@@ -219,15 +211,20 @@ KVP_AI void kvp_fgemm(const int et, const void *wv, int cols, const void *xp, in
     const char *w = wv;
     const float *x = xp;
     const size_t wrow = (size_t)cols * kvp_esize(et);
-    if (n == 1) { /* decode: two linear streams, groups of 4 rows from each in turn */
+    if (n == 1) { /* decode: two linear streams (the two halves of the rows), 4 rows of each
+                   * in turn; see KVP_PF_DIST */
         const int groups = (r1 - r0) / 4, ga = (groups + 1) / 2;
-        for (int g = 0; g < ga; g++) {
-            const int ra = r0 + 4 * g, rb = r0 + 4 * (ga + g);
-            kvp_fgemv4(et, w + ra * wrow, wrow, x, cols, y + ra);
-            if (ga + g < groups) kvp_fgemv4(et, w + rb * wrow, wrow, x, cols, y + rb);
+        for (int g = 0; g < groups; g++) {
+            const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
+            __m512 sr[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) sr[i] = kvp_fgemv_row(et, w + (r + i) * wrow, x, cols);
+            kvp_store_sums(4, sr, y + r, 0, 1.0f);
         }
-        for (int r = r0 + 4 * groups; r < r1; r++)
-            kvp_fgemm_tile(et, 1, 1, w + r * wrow, wrow, x, (size_t)cols, 0, cols, y + r, ldy, 0);
+        for (int r = r0 + 4 * groups; r < r1; r++) {
+            const __m512 sr = kvp_fgemv_row(et, w + r * wrow, x, cols);
+            kvp_store_sums(1, &sr, y + r, 0, 1.0f);
+        }
         return;
     }
     const int kc = kvp_even_chunk(cols, KVP_FG_KC, 16);
@@ -382,23 +379,24 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
  * software prefetch KVP_PF_DIST bytes ahead, so consecutive rows form one linear stream. */
 KVP_AI __m512 kvp_qgemv_row(const int qt, const char *wr, const kvp_qstep *st, int nb) {
     const int bs = qt == KVP_Q_Q8_0 ? (int)sizeof(kvp_block_q8_0) : (int)sizeof(kvp_block_q4_0);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     /* one prefetch per cache line: pf is the next line to prefetch, at KVP_PF_DIST ahead
      * (the previous row has prefetched the lines before it) */
     uintptr_t pf = ((uintptr_t)wr + KVP_PF_DIST) & ~(uintptr_t)63;
     int b = 0;
-    for (; b + 4 <= nb; b += 4, st += 2) {
-        const uintptr_t end = (uintptr_t)wr + (uintptr_t)(b + 4) * bs + KVP_PF_DIST;
+    for (; b + 8 <= nb; b += 8, st += 4) {
+        const uintptr_t end = (uintptr_t)wr + (uintptr_t)(b + 8) * bs + KVP_PF_DIST;
         for (; KVP_PF_DIST && pf < end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
-        __m512i q0, q1;
-        __m512 d0, d1;
-        kvp_qload(qt, wr, b, 1, &q0, &d0);
-        kvp_qload(qt, wr, b + 2, 1, &q1, &d1);
-        const __m512i p0 = _mm512_dpbusd_epi32(st[0].c, q0, st[0].q);
-        const __m512i p1 = _mm512_dpbusd_epi32(st[1].c, q1, st[1].q);
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(d0, st[0].d), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(d1, st[1].d), acc1);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            __m512i q;
+            __m512 d;
+            kvp_qload(qt, wr, b + 2 * j, 1, &q, &d);
+            const __m512i p = _mm512_dpbusd_epi32(st[j].c, q, st[j].q);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, st[j].d), acc[j]);
+        }
     }
+    __m512 acc0 = _mm512_add_ps(acc[0], acc[2]), acc1 = _mm512_add_ps(acc[1], acc[3]);
     for (; b < nb; b += 2, st++) {
         __m512i q;
         __m512 d;
@@ -433,14 +431,14 @@ KVP_AI void kvp_qgemm(const int qt, const void *wv, int cols, const void *xpv, i
             const int b1 = KVP_MIN(nb, b0 + kb), accum = b0 > 0;
             kvp_qpanel_build(panel, xp, xrow, 1, b0, b1, shift);
             const size_t off = (size_t)b0 * (wrow / (size_t)nb);
-            /* two linear streams, groups of 4 rows from each in turn */
+            /* two linear streams (the two halves of the rows), 4 rows of each in turn */
             const int groups = (r1 - r0) / 4, ga = (groups + 1) / 2;
             for (int g = 0; g < groups; g++) {
                 const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
-                __m512 res[4];
+                __m512 sr[4];
 #pragma GCC unroll 4
-                for (int i = 0; i < 4; i++) res[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, panel, b1 - b0);
-                kvp_store_sums(4, res, y + r, accum, 1.0f);
+                for (int i = 0; i < 4; i++) sr[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, panel, b1 - b0);
+                kvp_store_sums(4, sr, y + r, accum, 1.0f);
             }
             for (int r = r0 + 4 * groups; r < r1; r++) {
                 __m512 res = kvp_qgemv_row(qt, w + r * wrow + off, panel, b1 - b0);
