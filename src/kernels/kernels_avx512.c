@@ -633,8 +633,10 @@ KVP_AI void kvp_scores_rows(const int et, const int H, const char *K, int t0, in
     const int R = H <= 3 ? 8 : 4;
     const size_t krow = (size_t)hd * kvp_esize(et);
     int t = t0;
-    for (; t + R <= t1; t += R)
+    for (; t + R <= t1; t += R) {
+        for (size_t o = 0; o < R * krow; o += 64) kvp_prefetch(K + t * krow + o);
         kvp_scores_tile(et, R, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
+    }
     for (; t < t1; t++) kvp_scores_tile(et, 1, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
 }
 
@@ -687,6 +689,7 @@ KVP_AI void kvp_values_tile(const int et, const int CW, const int H, float *Y, i
 #pragma GCC unroll 8
         for (int h = 0; h < H; h++) p[h] = _mm512_set1_ps(P[(size_t)h * ldp + t]);
         const char *v = V + t * vrow;
+        for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
 #pragma GCC unroll 8
         for (int c = 0; c < CW; c++) {
             const __m512 x = c < CW - 1 ? kvp_ld(et, v + (size_t)(16 * c) * es)
