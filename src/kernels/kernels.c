@@ -191,11 +191,18 @@ static void kvp_sc_attn_scores_f32(const float *K, int n, int hd, const float *Q
             S[(size_t)j * lds + t] = scale * kvp_sc_dot_f32(K + (size_t)t * hd, Q + (size_t)j * ldq, hd);
 }
 
+/* Each cached row is converted once and used for every head (rows of up to KVP_SC_CHUNK
+ * values; longer rows are converted per head). */
 static void kvp_sc_attn_scores_f16(const uint16_t *K, int n, int hd, const float *Q, int nq,
                                    int ldq, float scale, float *S, int lds) {
-    for (int t = 0; t < n; t++)
+    float buf[KVP_SC_CHUNK];
+    for (int t = 0; t < n; t++) {
+        const uint16_t *k = K + (size_t)t * hd;
+        if (hd <= KVP_SC_CHUNK) kvp_sc_f16_to_f32_row(k, buf, hd);
         for (int j = 0; j < nq; j++)
-            S[(size_t)j * lds + t] = scale * kvp_sc_dot_f16(K + (size_t)t * hd, Q + (size_t)j * ldq, hd);
+            S[(size_t)j * lds + t] = scale * (hd <= KVP_SC_CHUNK ? kvp_sc_dot_f32(buf, Q + (size_t)j * ldq, hd)
+                                                                 : kvp_sc_dot_f16(k, Q + (size_t)j * ldq, hd));
+    }
 }
 
 static void kvp_sc_attn_values_f32(float *Y, int ldy, int ny, const float *P, int ldp,
@@ -207,9 +214,15 @@ static void kvp_sc_attn_values_f32(float *Y, int ldy, int ny, const float *P, in
 
 static void kvp_sc_attn_values_f16(float *Y, int ldy, int ny, const float *P, int ldp,
                                    const uint16_t *V, int n, int hd) {
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < ny; j++)
-            kvp_sc_axpy_f16(Y + (size_t)j * ldy, P[(size_t)j * ldp + t], V + (size_t)t * hd, hd);
+    float buf[KVP_SC_CHUNK];
+    for (int t = 0; t < n; t++) {
+        const uint16_t *v = V + (size_t)t * hd;
+        if (hd <= KVP_SC_CHUNK) kvp_sc_f16_to_f32_row(v, buf, hd);
+        for (int j = 0; j < ny; j++) {
+            if (hd <= KVP_SC_CHUNK) kvp_sc_axpy_f32(Y + (size_t)j * ldy, P[(size_t)j * ldp + t], buf, hd);
+            else kvp_sc_axpy_f16(Y + (size_t)j * ldy, P[(size_t)j * ldp + t], v, hd);
+        }
+    }
 }
 
 void kvp_ktable_fill_scalar(kvp_ktable *t) {

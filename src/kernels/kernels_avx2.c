@@ -137,8 +137,8 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
     }
 }
 
-/* Decode reads the weights as one linear stream, rows one after the other, prefetching
- * KVP_PF_DIST bytes ahead (see kernels_avx512.c). */
+/* Decode reads the weights as two linear streams with software prefetch KVP_PF_DIST bytes
+ * ahead; kernels_avx512.c explains why. */
 #define KVP_PF_DIST 4096
 
 /* Prefetches the line KVP_PF_DIST bytes past p into L1; the address may lie past the end of
@@ -147,33 +147,26 @@ KVP_AI void kvp_prefetch(const void *p) {
     _mm_prefetch((const char *)((uintptr_t)p + KVP_PF_DIST), _MM_HINT_T0);
 }
 
-/* Decode: y[r] = dot(W[r], x) for the 4 rows at w, read one after the other. */
-KVP_AI void kvp_fgemv4(const int et, const char *w, size_t wrow, const float *x, int cols,
-                       float *y) {
+/* Decode: dot(W row at wr, x) as 8 partial sums, with 4 accumulators, prefetching ahead. */
+KVP_AI __m256 kvp_fgemv_row(const int et, const char *wr, const float *x, int cols) {
     const size_t es = kvp_esize(et);
-    __m256 res[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        const char *wr = w + r * wrow;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int k = 0;
-        for (; k + 32 <= cols; k += 32) {
-            const char *p = wr + (size_t)k * es;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 32 <= cols; k += 32) {
+        const char *p = wr + (size_t)k * es;
 #pragma GCC unroll 2
-            for (size_t o = 0; o < 32 * es; o += 64) kvp_prefetch(p + o);
-            a0 = _mm256_fmadd_ps(kvp_ld(et, p), _mm256_loadu_ps(x + k), a0);
-            a1 = _mm256_fmadd_ps(kvp_ld(et, p + 8 * es), _mm256_loadu_ps(x + k + 8), a1);
-            a2 = _mm256_fmadd_ps(kvp_ld(et, p + 16 * es), _mm256_loadu_ps(x + k + 16), a2);
-            a3 = _mm256_fmadd_ps(kvp_ld(et, p + 24 * es), _mm256_loadu_ps(x + k + 24), a3);
-        }
-        for (; k + 8 <= cols; k += 8)
-            a0 = _mm256_fmadd_ps(kvp_ld(et, wr + (size_t)k * es), _mm256_loadu_ps(x + k), a0);
-        if (k < cols)
-            a1 = _mm256_fmadd_ps(kvp_ld_part(et, wr + (size_t)k * es, cols - k),
-                                 _mm256_maskload_ps(x + k, kvp_mask8(cols - k)), a1);
-        res[r] = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+        for (size_t o = 0; o < 32 * es; o += 64) kvp_prefetch(p + o);
+        a0 = _mm256_fmadd_ps(kvp_ld(et, p), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(kvp_ld(et, p + 8 * es), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(kvp_ld(et, p + 16 * es), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(kvp_ld(et, p + 24 * es), _mm256_loadu_ps(x + k + 24), a3);
     }
-    kvp_store_sums(4, res, y, 0, 1.0f);
+    for (; k + 8 <= cols; k += 8)
+        a0 = _mm256_fmadd_ps(kvp_ld(et, wr + (size_t)k * es), _mm256_loadu_ps(x + k), a0);
+    if (k < cols)
+        a1 = _mm256_fmadd_ps(kvp_ld_part(et, wr + (size_t)k * es, cols - k),
+                             _mm256_maskload_ps(x + k, kvp_mask8(cols - k)), a1);
+    return _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
 }
 
 KVP_AI void kvp_fgemm_rows(const int et, const int T, const char *w, size_t wrow, const float *x,
@@ -197,11 +190,20 @@ KVP_AI void kvp_fgemm(const int et, const void *wv, int cols, const void *xp, in
     const char *w = wv;
     const float *x = xp;
     const size_t wrow = (size_t)cols * kvp_esize(et);
-    if (n == 1) { /* decode: stream the rows once, in order */
-        int r = r0;
-        for (; r + 4 <= r1; r += 4) kvp_fgemv4(et, w + r * wrow, wrow, x, cols, y + r);
-        for (; r < r1; r++)
-            kvp_fgemm_tile(et, 1, 1, w + r * wrow, wrow, x, (size_t)cols, 0, cols, y + r, ldy, 0);
+    if (n == 1) { /* decode: two linear streams (the two halves of the rows), 4 rows of each
+                   * in turn (see kernels_avx512.c) */
+        const int groups = (r1 - r0) / 4, ga = (groups + 1) / 2;
+        for (int g = 0; g < groups; g++) {
+            const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
+            __m256 sr[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) sr[i] = kvp_fgemv_row(et, w + (r + i) * wrow, x, cols);
+            kvp_store_sums(4, sr, y + r, 0, 1.0f);
+        }
+        for (int r = r0 + 4 * groups; r < r1; r++) {
+            const __m256 sr = kvp_fgemv_row(et, w + r * wrow, x, cols);
+            kvp_store_sums(1, &sr, y + r, 0, 1.0f);
+        }
         return;
     }
     const int kc = kvp_even_chunk(cols, KVP_FG_KC, 8);
@@ -303,7 +305,8 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
 }
 
 /* Decode of one quantized row of nb blocks against one token row x (block scales dx as
- * floats); returns 8 partial sums. Two accumulators, prefetch as for float rows. */
+ * floats); returns 8 partial sums. Two accumulators; one prefetch per cache line,
+ * KVP_PF_DIST bytes ahead. */
 KVP_AI __m256 kvp_qgemv_row(const int qt, const char *wr, const kvp_block_q8_0 *x,
                             const float *dx, int nb) {
     const int bs = qt == KVP_Q_Q8_0 ? (int)sizeof(kvp_block_q8_0) : (int)sizeof(kvp_block_q4_0);
@@ -356,14 +359,16 @@ KVP_AI void kvp_qgemm(const int qt, const void *wv, int cols, const void *xpv, i
             kvp_dx_build(dx, xp, xrow, 1, b0, b1);
             const kvp_block_q8_0 *xb = (const kvp_block_q8_0 *)xp + b0;
             const size_t off = (size_t)b0 * (wrow / (size_t)nb);
-            int r = r0;
-            for (; r + 4 <= r1; r += 4) {
+            /* two linear streams (the two halves of the rows), 4 rows of each in turn */
+            const int groups = (r1 - r0) / 4, ga = (groups + 1) / 2;
+            for (int g = 0; g < groups; g++) {
+                const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
                 __m256 res[4];
 #pragma GCC unroll 4
                 for (int i = 0; i < 4; i++) res[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, xb, dx, b1 - b0);
                 kvp_store_sums(4, res, y + r, accum, 1.0f);
             }
-            for (; r < r1; r++) {
+            for (int r = r0 + 4 * groups; r < r1; r++) {
                 __m256 res = kvp_qgemv_row(qt, w + r * wrow + off, xb, dx, b1 - b0);
                 kvp_store_sums(1, &res, y + r, accum, 1.0f);
             }
@@ -542,7 +547,10 @@ KVP_AI void kvp_scores_rows(const int et, const int H, const char *K, int t0, in
                             const float *Q, int ldq, float scale, float *S, int lds) {
     const size_t krow = (size_t)hd * kvp_esize(et);
     int t = t0;
-    for (; t + 4 <= t1; t += 4) kvp_scores_tile(et, 4, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
+    for (; t + 4 <= t1; t += 4) {
+        for (size_t o = 0; o < 4 * krow; o += 64) kvp_prefetch(K + t * krow + o);
+        kvp_scores_tile(et, 4, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
+    }
     for (; t < t1; t++) kvp_scores_tile(et, 1, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
 }
 
@@ -587,6 +595,7 @@ KVP_AI void kvp_values_tile(const int et, const int CW, const int H, float *Y, i
 #pragma GCC unroll 6
         for (int h = 0; h < H; h++) p[h] = _mm256_broadcast_ss(P + (size_t)h * ldp + t);
         const char *v = V + t * vrow;
+        for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
 #pragma GCC unroll 4
         for (int c = 0; c < CW; c++) {
             const __m256 x = c < CW - 1 || lastw == 8 ? kvp_ld(et, v + (size_t)(8 * c) * es)
