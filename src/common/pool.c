@@ -20,7 +20,7 @@
 #define KVP_SPIN_ITERS 20000 /* pause loops before sleeping: tens of microseconds */
 #define KVP_LAG_MIN_WAIT 20e-6 /* seconds of waiting on workers that count as lag */
 #define KVP_BACKOFF_MIN 64     /* jobs in the first solo stretch */
-#define KVP_BACKOFF_MAX 4096
+#define KVP_BACKOFF_MAX 32768
 #define KVP_LAG_WINDOW 256     /* two lags within this many jobs start a solo stretch */
 
 struct kvp_pool {
@@ -142,7 +142,7 @@ int kvp_pool_size(const kvp_pool *p) { return p ? p->n_threads : 1; }
  * milliseconds), so when the caller repeatedly waits on workers for much of a job, the pool
  * runs the next `backoff` jobs on the caller alone, then tries the workers again. Two lags
  * within KVP_LAG_WINDOW jobs start a stretch; the stretch doubles while the lag persists
- * (up to 4096 jobs) and resets after 4096 jobs without lag. */
+ * (up to 32768 jobs) and resets after 32768 jobs without lag. */
 
 static void kvp_pool_note_lag(kvp_pool *p, double t_total, double t_wait) {
     int lag = t_wait > KVP_LAG_MIN_WAIT && t_wait > 0.3 * t_total;
