@@ -111,6 +111,13 @@ fuzz:
 	  build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n || exit 1; \
 	done
 
+# Kernel benchmark (single thread): make bench [BENCH_ARGS="--isa avx512 decode"]
+$(BUILD)/bench_kernels: $(BUILD)/bench/bench_kernels.o $(BUILD)/libkvpack.a
+	$(CC) -o $@ $< $(BUILD)/libkvpack.a $(LDFLAGS) $(LDLIBS)
+bench: $(BUILD)/bench_kernels
+	$(BUILD)/bench_kernels $(BENCH_ARGS)
+-include $(BUILD)/bench/bench_kernels.d
+
 clean:
 	rm -rf build build-asan build-fuzz
 

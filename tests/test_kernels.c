@@ -480,6 +480,74 @@ TEST(kernels_gemm_q8_0_extremes) {
     }
 }
 
+/* Results are bit-identical whatever the row range a call covers (threads split rows) and
+ * wherever a token sits in a batch of n > 1 (batches split prompts differently). */
+TEST(kernels_gemm_deterministic_splits) {
+    kvp_ktable tabs[3];
+    const int nt = kt_tables(tabs);
+    const int cols_f[] = {64, 77, 1056}, cols_q[] = {64, 96, 1056};
+    for (size_t ti = 0; ti < KVP_ARRAY_LEN(kt_gemm_types); ti++)
+        for (int ci = 0; ci < 3; ci++) {
+            const int type = kt_gemm_types[ti];
+            const int cols = kvp_type_traits_get(type)->block_size > 1 ? cols_q[ci] : cols_f[ci];
+            enum { ROWS = 23, N = 9 };
+            kt_mm m;
+            if (kt_mm_make(&m, type, ROWS, cols, N, 300 + ci) != 0) {
+                kt_mm_free(&m);
+                CHECKF(0, "setup");
+            }
+            const size_t xrow = kvp_act_bytes(type, cols);
+            for (int k = 0; k < nt; k++) {
+                static float y[N * ROWS], y2[N * ROWS];
+                for (int one = 0; one < 2; one++) { /* n = 1 (decode) and n = N */
+                    const int n = one ? 1 : N;
+                    tabs[k].gemm[type](m.w, cols, m.xp, n, y, ROWS, 0, ROWS);
+                    const int cuts[] = {0, 1, 6, 7, 13, 21, ROWS};
+                    for (size_t c = 0; c + 1 < KVP_ARRAY_LEN(cuts); c++)
+                        tabs[k].gemm[type](m.w, cols, m.xp, n, y2, ROWS, cuts[c], cuts[c + 1]);
+                    CHECKF(memcmp(y, y2, sizeof(float) * n * ROWS) == 0, "%s %s cols %d n %d: row split changes results",
+                           tabs[k].isa, kvp_type_name(type), cols, n);
+                }
+                /* tokens 2..N-1 as a batch of N-2: each keeps its result from the batch of N */
+                tabs[k].gemm[type](m.w, cols, m.xp + 2 * xrow, N - 2, y2, ROWS, 0, ROWS);
+                CHECKF(memcmp(y + 2 * ROWS, y2, sizeof(float) * (N - 2) * ROWS) == 0,
+                       "%s %s cols %d: a token's position in the batch changes results", tabs[k].isa,
+                       kvp_type_name(type), cols);
+            }
+            kt_mm_free(&m);
+        }
+}
+
+/* Attention scores and values of a head do not depend on the other heads of the call, and
+ * the scores of a row do not depend on how many rows follow it. */
+TEST(kernels_attn_deterministic_splits) {
+    kvp_ktable tabs[3];
+    const int nt = kt_tables(tabs);
+    unsigned long long s = 77;
+    enum { N = 75, HD = 64, NQ = 7 };
+    static float K[N * HD], Q[NQ * HD], S[NQ * N], S1[N], P[NQ * N], Y[NQ * HD], Y1[HD];
+    static uint16_t Kh[N * HD];
+    kt_fill(K, N * HD, 1.0f, &s);
+    kt_fill(Q, NQ * HD, 1.0f, &s);
+    kt_fill(P, NQ * N, 1.0f, &s);
+    for (int i = 0; i < N * HD; i++) Kh[i] = kvp_f32_to_f16(K[i]);
+    for (int k = 0; k < nt; k++)
+        for (int hd = 8; hd <= HD; hd += 56) {
+            tabs[k].attn_scores_f16(Kh, N, hd, Q, NQ, HD, 0.3f, S, N);
+            memset(Y, 0, sizeof Y);
+            tabs[k].attn_values_f16(Y, HD, NQ, P, N, Kh, N, hd);
+            for (int j = 0; j < NQ; j++) {
+                for (int n = N - 9; n <= N; n += 9) {
+                    tabs[k].attn_scores_f16(Kh, n, hd, Q + j * HD, 1, HD, 0.3f, S1, N);
+                    CHECKF(memcmp(S1, S + j * N, sizeof(float) * n) == 0, "%s scores hd %d head %d n %d", tabs[k].isa, hd, j, n);
+                }
+                memset(Y1, 0, sizeof Y1);
+                tabs[k].attn_values_f16(Y1, HD, 1, P + j * N, N, Kh, N, hd);
+                CHECKF(memcmp(Y1, Y + j * HD, sizeof(float) * hd) == 0, "%s values hd %d head %d", tabs[k].isa, hd, j);
+            }
+        }
+}
+
 /* The public path: kvp_act_prepare + kvp_gemm under each forced ISA. */
 TEST(kernels_gemm_public) {
     enum { ROWS = 37, COLS = 320, N = 5 };
@@ -693,42 +761,53 @@ TEST(kernels_rmsnorm) {
     CHECK_NEAR(v[1], -4.0 / sqrt(25.0 / 3), 1e-6);
 }
 
+/* Every ISA's softmax against double precision; the public kvp_softmax dispatches. */
 TEST(kernels_softmax) {
-    unsigned long long s = 61;
-    const int lens[] = {1, 2, 3, 5, 8, 17, 100, 4097};
-    static float x[4097];
+    kvp_ktable tabs[3];
+    const int nt = kt_tables(tabs);
+    const int lens[] = {1, 2, 3, 5, 8, 15, 17, 100, 4097};
+    static float x[4097], x0[4097];
     static double want[4097];
-    for (size_t li = 0; li < KVP_ARRAY_LEN(lens); li++)
-        for (int range = 0; range < 3; range++) {
-            const int n = lens[li];
-            const float amp = range == 0 ? 1.0f : range == 1 ? 20.0f : 100.0f;
-            kt_fill(x, (size_t)n, amp, &s);
-            if (n > 3 && range == 2) x[2] = -INFINITY; /* a masked position */
-            double max = -INFINITY, sum = 0;
-            for (int i = 0; i < n; i++) max = fmax(max, x[i]);
-            for (int i = 0; i < n; i++) sum += want[i] = exp((double)x[i] - max);
-            for (int i = 0; i < n; i++) want[i] /= sum;
-            kvp_softmax(x, n);
-            double total = 0;
-            for (int i = 0; i < n; i++) {
-                total += x[i];
-                /* 1e-6 relative wherever the value is a normal float */
-                CHECKF(fabs(x[i] - want[i]) <= 1e-6 * want[i] + 1e-37,
-                       "n %d amp %g i %d: %.9g vs %.9g (rel %.2g)", n, amp, i, x[i], want[i],
-                       fabs(x[i] - want[i]) / want[i]);
+    unsigned long long s = 61;
+    for (int k = 0; k <= nt; k++) { /* k == nt: the public entry point */
+        void (*softmax)(float *, int) = k < nt ? tabs[k].softmax : kvp_softmax;
+        const char *isa = k < nt ? tabs[k].isa : "public";
+        for (size_t li = 0; li < KVP_ARRAY_LEN(lens); li++)
+            for (int range = 0; range < 3; range++) {
+                const int n = lens[li];
+                const float amp = range == 0 ? 1.0f : range == 1 ? 20.0f : 100.0f;
+                kt_fill(x0, (size_t)n, amp, &s);
+                if (n > 3 && range == 2) x0[2] = -INFINITY; /* a masked position */
+                memcpy(x, x0, sizeof(float) * n);
+                double max = -INFINITY, sum = 0;
+                for (int i = 0; i < n; i++) max = fmax(max, x0[i]);
+                for (int i = 0; i < n; i++) sum += want[i] = exp((double)x0[i] - max);
+                for (int i = 0; i < n; i++) want[i] /= sum;
+                softmax(x, n);
+                double total = 0;
+                for (int i = 0; i < n; i++) {
+                    total += x[i];
+                    /* 1e-6 relative wherever the value is a normal float */
+                    CHECKF(fabs(x[i] - want[i]) <= 1e-6 * want[i] + 1e-37,
+                           "%s n %d amp %g i %d: %.9g vs %.9g (rel %.2g)", isa, n, amp, i, x[i], want[i],
+                           fabs(x[i] - want[i]) / want[i]);
+                }
+                CHECK_NEAR(total, 1.0, 1e-5);
             }
-            CHECK_NEAR(total, 1.0, 1e-5);
+        /* the exp over its whole range: softmax of (x, 0) is e^x / (1 + e^x) */
+        for (double v = -87.0; v <= 0.0; v += 0.0123) {
+            float p[2] = {(float)v, 0.0f};
+            softmax(p, 2);
+            const double e = exp((double)(float)v), w0 = e / (1 + e);
+            CHECKF(fabs(p[0] - w0) <= 1e-6 * w0, "%s x = %g: %.9g vs %.9g", isa, v, p[0], w0);
         }
-    /* the exp over its whole range: softmax of (x, 0) is e^x / (1 + e^x) */
-    for (double v = -87.0; v <= 0.0; v += 0.0123) {
-        float p[2] = {(float)v, 0.0f};
-        kvp_softmax(p, 2);
-        const double e = exp((double)(float)v), w0 = e / (1 + e);
-        CHECKF(fabs(p[0] - w0) <= 1e-6 * w0, "x = %g: %.9g vs %.9g", v, p[0], w0);
+        for (int n = 1; n <= 33; n += 4) { /* fully masked rows of any length */
+            float m[33];
+            for (int i = 0; i < 33; i++) m[i] = i < n ? -INFINITY : 7.0f;
+            softmax(m, n);
+            for (int i = 0; i < 33; i++) CHECKF(m[i] == (i < n ? 0.0f : 7.0f), "%s masked n %d i %d", isa, n, i);
+        }
     }
-    float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    kvp_softmax(m, 4);
-    for (int i = 0; i < 4; i++) CHECK(m[i] == 0.0f);
 }
 
 TEST(kernels_swiglu) {

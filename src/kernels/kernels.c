@@ -244,6 +244,7 @@ void kvp_ktable_fill_scalar(kvp_ktable *t) {
     t->attn_values_f16 = kvp_sc_attn_values_f16;
     t->f32_to_f16_row = kvp_sc_f32_to_f16_row;
     t->f16_to_f32_row = kvp_sc_f16_to_f32_row;
+    t->softmax = kvp_softmax_c;
 }
 
 /* ---------------------------------------------------------------------------------------

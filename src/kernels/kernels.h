@@ -47,7 +47,13 @@ int kvp_quant_row(int type, const float *src, void *dst, int64_t n);
  * that type by kvp_act_prepare(): for F32, F16 and BF16 weights plain F32 rows of `cols`
  * floats; for Q8_0, Q4_0 and Q5_0 weights Q8_0 rows, for Q4_1 and Q5_1 Q8_1 rows, for the
  * K-quants Q8_K rows (as llama.cpp does, so results match it within rounding). kvp_act_bytes() is the size of one prepared row. Callers split the row
- * range [0, rows) across threads; n = 1 is the decode (matrix-vector) case. */
+ * range [0, rows) across threads; n = 1 is the decode (matrix-vector) case.
+ * Determinism (F32, F16, BF16, Q8_0, Q4_0; tests/test_kernels.c checks it): for a given
+ * instruction set, Y[i][r] is bit-identical whatever [r0, r1) the call covers and, for
+ * n > 1, wherever token i sits in the batch, so thread counts and batch splits do not change
+ * results; n = 1 and n > 1 may differ in the last bits. The attention kernels likewise give
+ * a head's result independent of the other heads of the call and a row's score independent
+ * of the number of rows. */
 size_t kvp_act_bytes(int wtype, int cols);
 void kvp_act_prepare(int wtype, const float *x, int n, int cols, void *xp);
 void kvp_gemm(int wtype, const void *w, int cols, const void *xp, int n, float *y, int ldy,

@@ -13,6 +13,7 @@
  * 2 * 128 * 127 < 32767, so vpmaddubsw never saturates.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "common/common.h"
@@ -21,6 +22,13 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
 #define KVP_AI static inline __attribute__((always_inline))
+/* Full unrolling of the small constant-count loops over register tiles (rows, tokens,
+ * heads, vectors), so that the accumulator arrays live in registers. */
+#if defined(__clang__)
+#define KVP_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define KVP_UNROLL _Pragma("GCC unroll 16")
+#endif
 
 /* ---------------------------------------------------------------------------------------
  * Shared helpers.
@@ -32,17 +40,20 @@ KVP_AI __m128 kvp_hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
+/* sum(a) in exactly the order kvp_hsum4 sums each of its vectors,
+ * ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), so that a row's result does not depend
+ * on whether it was reduced alone or in a group (results must not change with the way
+ * callers split rows across threads). */
 KVP_AI float kvp_hsum(__m256 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    __m256 s = _mm256_hadd_ps(a, a);
+    s = _mm256_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
 }
 
 /* Stores (or with accum adds) scale times the R sums of acc[0..R-1] to y[0..R-1]. */
 KVP_AI void kvp_store_sums(const int R, const __m256 *acc, float *y, int accum, float scale) {
     if (R >= 4 && R % 4 == 0) {
-#pragma GCC unroll 2
+KVP_UNROLL
         for (int g = 0; g < R; g += 4) {
             __m128 v = _mm_mul_ps(kvp_hsum4(acc[g], acc[g + 1], acc[g + 2], acc[g + 3]),
                                   _mm_set1_ps(scale));
@@ -54,7 +65,7 @@ KVP_AI void kvp_store_sums(const int R, const __m256 *acc, float *y, int accum, 
         _mm_storeu_ps(tmp, _mm_mul_ps(kvp_hsum4(acc[0], acc[1], acc[2], acc[2]), _mm_set1_ps(scale)));
         for (int r = 0; r < 3; r++) y[r] = accum ? y[r] + tmp[r] : tmp[r];
     } else {
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) {
             const float s = kvp_hsum(acc[r]) * scale;
             y[r] = accum ? y[r] + s : s;
@@ -100,38 +111,38 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
                            int accum) {
     const size_t es = kvp_esize(et);
     __m256 acc[4][KVP_FG_T];
-#pragma GCC unroll 4
+KVP_UNROLL
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
     int k = k0;
     for (; k + 8 <= k1; k += 8) {
         __m256 wv[4];
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) wv[r] = kvp_ld(et, w + r * wrow + (size_t)k * es);
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int t = 0; t < T; t++) {
             const __m256 xv = _mm256_loadu_ps(x + t * xrow + k);
-#pragma GCC unroll 4
+KVP_UNROLL
             for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
     if (k < k1) {
         const int m = k1 - k;
         __m256 wv[4];
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) wv[r] = kvp_ld_part(et, w + r * wrow + (size_t)k * es, m);
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int t = 0; t < T; t++) {
             const __m256 xv = _mm256_maskload_ps(x + t * xrow + k, kvp_mask8(m));
-#pragma GCC unroll 4
+KVP_UNROLL
             for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
-#pragma GCC unroll 4
+KVP_UNROLL
     for (int t = 0; t < T; t++) {
         __m256 col[4];
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) col[r] = acc[r][t];
         kvp_store_sums(R, col, y + (size_t)t * ldy, accum, 1.0f);
     }
@@ -154,7 +165,7 @@ KVP_AI __m256 kvp_fgemv_row(const int et, const char *wr, const float *x, int co
     int k = 0;
     for (; k + 32 <= cols; k += 32) {
         const char *p = wr + (size_t)k * es;
-#pragma GCC unroll 2
+KVP_UNROLL
         for (size_t o = 0; o < 32 * es; o += 64) kvp_prefetch(p + o);
         a0 = _mm256_fmadd_ps(kvp_ld(et, p), _mm256_loadu_ps(x + k), a0);
         a1 = _mm256_fmadd_ps(kvp_ld(et, p + 8 * es), _mm256_loadu_ps(x + k + 8), a1);
@@ -196,7 +207,7 @@ KVP_AI void kvp_fgemm(const int et, const void *wv, int cols, const void *xp, in
         for (int g = 0; g < groups; g++) {
             const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
             __m256 sr[4];
-#pragma GCC unroll 4
+KVP_UNROLL
             for (int i = 0; i < 4; i++) sr[i] = kvp_fgemv_row(et, w + (r + i) * wrow, x, cols);
             kvp_store_sums(4, sr, y + r, 0, 1.0f);
         }
@@ -271,23 +282,23 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
                            float *y, int ldy, int accum) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4][KVP_QG_T];
-#pragma GCC unroll 4
+KVP_UNROLL
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
     for (int b = b0; b < b1; b++) {
         __m256i wq[4], wa[4];
         float wd[4];
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) {
             wq[r] = kvp_qload(qt, w + r * wrow, b, &wd[r]);
             wa[r] = _mm256_sign_epi8(wq[r], wq[r]);
         }
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int t = 0; t < T; t++) {
             const __m256i xq = _mm256_loadu_si256((const __m256i *)((const kvp_block_q8_0 *)(xp + t * xrow) + b)->qs);
             const float d = dx[t * nbk + (b - b0)];
-#pragma GCC unroll 4
+KVP_UNROLL
             for (int r = 0; r < R; r++) {
                 const __m256i p16 = _mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(xq, wq[r]));
                 const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
@@ -295,10 +306,10 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
             }
         }
     }
-#pragma GCC unroll 4
+KVP_UNROLL
     for (int t = 0; t < T; t++) {
         __m256 col[4];
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) col[r] = acc[r][t];
         kvp_store_sums(R, col, y + (size_t)t * ldy, accum, 1.0f);
     }
@@ -364,7 +375,7 @@ KVP_AI void kvp_qgemm(const int qt, const void *wv, int cols, const void *xpv, i
             for (int g = 0; g < groups; g++) {
                 const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
                 __m256 res[4];
-#pragma GCC unroll 4
+KVP_UNROLL
                 for (int i = 0; i < 4; i++) res[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, xb, dx, b1 - b0);
                 kvp_store_sums(4, res, y + r, accum, 1.0f);
             }
@@ -506,38 +517,38 @@ KVP_AI void kvp_scores_tile(const int et, const int R, const int H, const char *
                             const float *Q, int ldq, float scale, float *S, int lds) {
     const size_t es = kvp_esize(et), krow = (size_t)hd * es;
     __m256 acc[4][2];
-#pragma GCC unroll 4
+KVP_UNROLL
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 2
+KVP_UNROLL
         for (int h = 0; h < H; h++) acc[r][h] = _mm256_setzero_ps();
     int c = 0;
     for (; c + 8 <= hd; c += 8) {
         __m256 q[2];
-#pragma GCC unroll 2
+KVP_UNROLL
         for (int h = 0; h < H; h++) q[h] = _mm256_loadu_ps(Q + (size_t)h * ldq + c);
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) {
             const __m256 k = kvp_ld(et, K + r * krow + (size_t)c * es);
-#pragma GCC unroll 2
+KVP_UNROLL
             for (int h = 0; h < H; h++) acc[r][h] = _mm256_fmadd_ps(k, q[h], acc[r][h]);
         }
     }
     if (c < hd) {
         const int m = hd - c;
         __m256 q[2];
-#pragma GCC unroll 2
+KVP_UNROLL
         for (int h = 0; h < H; h++) q[h] = _mm256_maskload_ps(Q + (size_t)h * ldq + c, kvp_mask8(m));
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) {
             const __m256 k = kvp_ld_part(et, K + r * krow + (size_t)c * es, m);
-#pragma GCC unroll 2
+KVP_UNROLL
             for (int h = 0; h < H; h++) acc[r][h] = _mm256_fmadd_ps(k, q[h], acc[r][h]);
         }
     }
-#pragma GCC unroll 2
+KVP_UNROLL
     for (int h = 0; h < H; h++) {
         __m256 row[4];
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) row[r] = acc[r][h];
         kvp_store_sums(R, row, S + (size_t)h * lds, 0, scale);
     }
@@ -584,29 +595,29 @@ KVP_AI void kvp_values_tile(const int et, const int CW, const int H, float *Y, i
     const int lastw = width - 8 * (CW - 1);
     const __m256i last = kvp_mask8(lastw);
     __m256 acc[6][4];
-#pragma GCC unroll 6
+KVP_UNROLL
     for (int h = 0; h < H; h++)
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int c = 0; c < CW; c++)
             acc[h][c] = c < CW - 1 ? _mm256_loadu_ps(Y + (size_t)h * ldy + 8 * c)
                                    : _mm256_maskload_ps(Y + (size_t)h * ldy + 8 * c, last);
     for (int t = 0; t < nr; t++) {
         __m256 p[6];
-#pragma GCC unroll 6
+KVP_UNROLL
         for (int h = 0; h < H; h++) p[h] = _mm256_broadcast_ss(P + (size_t)h * ldp + t);
         const char *v = V + t * vrow;
         for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int c = 0; c < CW; c++) {
             const __m256 x = c < CW - 1 || lastw == 8 ? kvp_ld(et, v + (size_t)(8 * c) * es)
                                                       : kvp_ld_part(et, v + (size_t)(8 * c) * es, lastw);
-#pragma GCC unroll 6
+KVP_UNROLL
             for (int h = 0; h < H; h++) acc[h][c] = _mm256_fmadd_ps(p[h], x, acc[h][c]);
         }
     }
-#pragma GCC unroll 6
+KVP_UNROLL
     for (int h = 0; h < H; h++)
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int c = 0; c < CW; c++) {
             if (c < CW - 1)
                 _mm256_storeu_ps(Y + (size_t)h * ldy + 8 * c, acc[h][c]);
@@ -666,6 +677,92 @@ static void kvp_attn_values_f16_avx2(float *Y, int ldy, int ny, const float *P, 
     kvp_values(KVP_E_F16, Y, ldy, ny, P, ldp, V, n, hd);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Softmax: the algorithm of ops.c (kvp_softmax_c) on 8 lanes with FMA.
+ * ------------------------------------------------------------------------------------- */
+
+/* e^(x + xlo) for x in about [-87, 88], 0 below -87 and for NaN (see ops.c). */
+KVP_AI __m256 kvp_exp8(__m256 x, __m256 xlo) {
+    const __m256 lo = _mm256_set1_ps(-87.0f), magic = _mm256_set1_ps(12582912.0f);
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+    const __m256 z = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), magic);
+    const __m256 n = _mm256_sub_ps(z, magic);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), _mm256_add_ps(r, xlo));
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(z), _mm256_set1_epi32(127 - 0x4B400000)), 23);
+    const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+    return _mm256_and_ps(keep, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* e^(a - m) with the difference made exact by TwoSum (see ops.c). */
+KVP_AI __m256 kvp_exp8_diff(__m256 a, __m256 m) {
+    const __m256 b = _mm256_sub_ps(_mm256_setzero_ps(), m);
+    const __m256 s = _mm256_add_ps(a, b), bb = _mm256_sub_ps(s, a);
+    const __m256 err = _mm256_add_ps(_mm256_sub_ps(a, _mm256_sub_ps(s, bb)), _mm256_sub_ps(b, bb));
+    return kvp_exp8(s, err);
+}
+
+/* The first m (< 8) values at p, the other lanes pad. */
+KVP_AI __m256 kvp_ld8_pad(const float *p, int m, float pad) {
+    float tmp[8] = {pad, pad, pad, pad, pad, pad, pad, pad};
+    memcpy(tmp, p, (size_t)m * sizeof *p);
+    return _mm256_loadu_ps(tmp);
+}
+
+static void kvp_softmax_avx2(float *x, int n) {
+    if (n <= 0) return;
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+        m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+    }
+    for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+    if (i < n) m1 = _mm256_max_ps(m1, kvp_ld8_pad(x + i, n - i, -INFINITY));
+    m0 = _mm256_max_ps(m0, m1);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m0), _mm256_extractf128_ps(m0, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float max = _mm_cvtss_f32(h);
+    if (max == -INFINITY) {
+        memset(x, 0, (size_t)n * sizeof *x);
+        return;
+    }
+    const __m256 vmax = _mm256_set1_ps(max);
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m256 e0 = kvp_exp8_diff(_mm256_loadu_ps(x + i), vmax);
+        const __m256 e1 = kvp_exp8_diff(_mm256_loadu_ps(x + i + 8), vmax);
+        _mm256_storeu_ps(x + i, e0);
+        _mm256_storeu_ps(x + i + 8, e1);
+        s0 = _mm256_add_ps(s0, e0);
+        s1 = _mm256_add_ps(s1, e1);
+    }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = kvp_exp8_diff(_mm256_loadu_ps(x + i), vmax);
+        _mm256_storeu_ps(x + i, e);
+        s0 = _mm256_add_ps(s0, e);
+    }
+    if (i < n) { /* the tail, padded with -inf (whose exp is 0) */
+        float tmp[8];
+        const __m256 e = kvp_exp8_diff(kvp_ld8_pad(x + i, n - i, -INFINITY), vmax);
+        _mm256_storeu_ps(tmp, e);
+        memcpy(x + i, tmp, (size_t)(n - i) * sizeof *x);
+        s1 = _mm256_add_ps(s1, e);
+    }
+    const __m256 inv = _mm256_set1_ps((float)(1.0 / (double)kvp_hsum(_mm256_add_ps(s0, s1))));
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    for (; i < n; i++) x[i] *= _mm256_cvtss_f32(inv);
+}
+
 void kvp_ktable_fill_avx2(kvp_ktable *t) {
     t->isa = "avx2";
     t->gemm[KVP_TYPE_F32] = kvp_gemm_f32_avx2;
@@ -684,6 +781,7 @@ void kvp_ktable_fill_avx2(kvp_ktable *t) {
     t->attn_values_f16 = kvp_attn_values_f16_avx2;
     t->f32_to_f16_row = kvp_f32_to_f16_row_avx2;
     t->f16_to_f32_row = kvp_f16_to_f32_row_avx2;
+    t->softmax = kvp_softmax_avx2;
 }
 
 #else /* built without the AVX2 flags: the table keeps the scalar kernels */

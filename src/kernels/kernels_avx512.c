@@ -25,6 +25,7 @@
  * int32 lanes of each block are scaled by d_w * d_x in float.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "common/common.h"
@@ -34,6 +35,13 @@
     defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__FMA__) && defined(__F16C__)
 
 #define KVP_AI static inline __attribute__((always_inline))
+/* Full unrolling of the small constant-count loops over register tiles (rows, tokens,
+ * heads, vectors), so that the accumulator arrays live in registers. */
+#if defined(__clang__)
+#define KVP_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define KVP_UNROLL _Pragma("GCC unroll 16")
+#endif
 
 /* ---------------------------------------------------------------------------------------
  * Shared helpers.
@@ -55,10 +63,22 @@ KVP_AI __m128 kvp_hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm512_castps512_ps128(_mm512_permutexvar_ps(first, s));
 }
 
-/* Stores (or with accum adds) the R sums of acc[0..R-1] to y[0..R-1]; R is 1, 2, 3, 4 or 8. */
+/* sum(a) in exactly the order kvp_hsum4 sums each of its vectors, so that a row's result
+ * does not depend on whether it was reduced alone or in a group of four (callers split
+ * rows across threads, and results must not change with the split). */
+KVP_AI float kvp_hsum1(__m512 a) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_permute_ps(q, _MM_SHUFFLE(1, 0, 3, 2)));
+    q = _mm_add_ps(q, _mm_permute_ps(q, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtss_f32(q);
+}
+
+/* Stores (or with accum adds) the R sums of acc[0..R-1] to y[0..R-1]; R is 1, 2, 3, 4 or 8.
+ * Every sum is formed in the same order whatever R. */
 KVP_AI void kvp_store_sums(const int R, const __m512 *acc, float *y, int accum, float scale) {
     if (R >= 4) {
-#pragma GCC unroll 2
+KVP_UNROLL
         for (int g = 0; g < R; g += 4) {
             __m128 v = _mm_mul_ps(kvp_hsum4(acc[g], acc[g + 1], acc[g + 2], acc[g + 3]),
                                   _mm_set1_ps(scale));
@@ -66,9 +86,9 @@ KVP_AI void kvp_store_sums(const int R, const __m512 *acc, float *y, int accum, 
             _mm_storeu_ps(y + g, v);
         }
     } else {
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int r = 0; r < R; r++) {
-            const float s = _mm512_reduce_add_ps(acc[r]) * scale;
+            const float s = kvp_hsum1(acc[r]) * scale;
             y[r] = accum ? y[r] + s : s;
         }
     }
@@ -113,38 +133,38 @@ KVP_AI void kvp_fgemm_tile(const int et, const int R, const int T, const char *w
                            int accum) {
     const size_t es = kvp_esize(et);
     __m512 acc[8][KVP_FG_T];
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     int k = k0;
     for (; k + 16 <= k1; k += 16) {
         __m512 wv[8];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) wv[r] = kvp_ld(et, w + r * wrow + (size_t)k * es);
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int t = 0; t < T; t++) {
             const __m512 xv = _mm512_loadu_ps(x + t * xrow + k);
-#pragma GCC unroll 8
+KVP_UNROLL
             for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
     if (k < k1) {
         const __mmask16 m = kvp_mask16(k1 - k);
         __m512 wv[8];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) wv[r] = kvp_ld_mask(et, w + r * wrow + (size_t)k * es, m);
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int t = 0; t < T; t++) {
             const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * xrow + k);
-#pragma GCC unroll 8
+KVP_UNROLL
             for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int t = 0; t < T; t++) {
         __m512 col[8];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) col[r] = acc[r][t];
         kvp_store_sums(R, col, y + (size_t)t * ldy, accum, 1.0f);
     }
@@ -174,7 +194,7 @@ KVP_AI __m512 kvp_fgemv_row(const int et, const char *wr, const float *x, int co
     int k = 0;
     for (; k + 64 <= cols; k += 64) {
         const char *p = wr + (size_t)k * es;
-#pragma GCC unroll 4
+KVP_UNROLL
         for (size_t o = 0; o < 64 * es; o += 64) kvp_prefetch(p + o);
         a0 = _mm512_fmadd_ps(kvp_ld(et, p), _mm512_loadu_ps(x + k), a0);
         a1 = _mm512_fmadd_ps(kvp_ld(et, p + 16 * es), _mm512_loadu_ps(x + k + 16), a1);
@@ -220,7 +240,7 @@ KVP_AI void kvp_fgemm(const int et, const void *wv, int cols, const void *xp, in
         for (int g = 0; g < groups; g++) {
             const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
             __m512 sr[4];
-#pragma GCC unroll 4
+KVP_UNROLL
             for (int i = 0; i < 4; i++) sr[i] = kvp_fgemv_row(et, w + (r + i) * wrow, x, cols);
             kvp_store_sums(4, sr, y + r, 0, 1.0f);
         }
@@ -345,9 +365,9 @@ KVP_AI void kvp_qload(const int qt, const char *p, int b, int two, __m512i *q, _
 KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w, size_t wrow,
                            const kvp_qstep *panel, int b0, int b1, float *y, int ldy, int accum) {
     __m512 acc[8][KVP_QG_T];
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     int b = b0;
     const kvp_qstep *st = panel;
@@ -355,23 +375,23 @@ KVP_AI void kvp_qgemm_tile(const int qt, const int R, const int T, const char *w
         const int two = b + 1 < b1;
         __m512i wq[8];
         __m512 wd[8];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) kvp_qload(qt, w + r * wrow, b, two, &wq[r], &wd[r]);
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int t = 0; t < T; t++) {
             const __m512i xq = st[t].q, xc = st[t].c;
             const __m512 xd = st[t].d;
-#pragma GCC unroll 8
+KVP_UNROLL
             for (int r = 0; r < R; r++) {
                 const __m512i p = _mm512_dpbusd_epi32(xc, wq[r], xq);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wd[r], xd), acc[r][t]);
             }
         }
     }
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int t = 0; t < T; t++) {
         __m512 col[8];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) col[r] = acc[r][t];
         kvp_store_sums(R, col, y + (size_t)t * ldy, accum, 1.0f);
     }
@@ -391,7 +411,7 @@ KVP_AI __m512 kvp_qgemv_row(const int qt, const char *wr, const kvp_qstep *st, i
     for (; b + 8 <= nb; b += 8, st += 4) {
         const uintptr_t end = (uintptr_t)wr + (uintptr_t)(b + 8) * bs + KVP_PF_DIST;
         for (; KVP_PF_DIST && pf < end; pf += 64) _mm_prefetch((const char *)pf, _MM_HINT_T0);
-#pragma GCC unroll 4
+KVP_UNROLL
         for (int j = 0; j < 4; j++) {
             __m512i q;
             __m512 d;
@@ -440,7 +460,7 @@ KVP_AI void kvp_qgemm(const int qt, const void *wv, int cols, const void *xpv, i
             for (int g = 0; g < groups; g++) {
                 const int r = r0 + 4 * (g % 2 ? ga + g / 2 : g / 2);
                 __m512 sr[4];
-#pragma GCC unroll 4
+KVP_UNROLL
                 for (int i = 0; i < 4; i++) sr[i] = kvp_qgemv_row(qt, w + (r + i) * wrow + off, panel, b1 - b0);
                 kvp_store_sums(4, sr, y + r, accum, 1.0f);
             }
@@ -594,38 +614,38 @@ KVP_AI void kvp_scores_tile(const int et, const int R, const int H, const char *
                             const float *Q, int ldq, float scale, float *S, int lds) {
     const size_t es = kvp_esize(et), krow = (size_t)hd * es;
     __m512 acc[8][6];
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int h = 0; h < H; h++) acc[r][h] = _mm512_setzero_ps();
     int c = 0;
     for (; c + 16 <= hd; c += 16) {
         __m512 q[6];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int h = 0; h < H; h++) q[h] = _mm512_loadu_ps(Q + (size_t)h * ldq + c);
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) {
             const __m512 k = kvp_ld(et, K + r * krow + (size_t)c * es);
-#pragma GCC unroll 8
+KVP_UNROLL
             for (int h = 0; h < H; h++) acc[r][h] = _mm512_fmadd_ps(k, q[h], acc[r][h]);
         }
     }
     if (c < hd) {
         const __mmask16 m = kvp_mask16(hd - c);
         __m512 q[6];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int h = 0; h < H; h++) q[h] = _mm512_maskz_loadu_ps(m, Q + (size_t)h * ldq + c);
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) {
             const __m512 k = kvp_ld_mask(et, K + r * krow + (size_t)c * es, m);
-#pragma GCC unroll 8
+KVP_UNROLL
             for (int h = 0; h < H; h++) acc[r][h] = _mm512_fmadd_ps(k, q[h], acc[r][h]);
         }
     }
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int h = 0; h < H; h++) {
         __m512 row[8];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int r = 0; r < R; r++) row[r] = acc[r][h];
         kvp_store_sums(R, row, S + (size_t)h * lds, 0, scale);
     }
@@ -682,29 +702,29 @@ KVP_AI void kvp_values_tile(const int et, const int CW, const int H, float *Y, i
     const size_t es = kvp_esize(et), vrow = (size_t)hd * es;
     const __mmask16 last = kvp_mask16(width - 16 * (CW - 1));
     __m512 acc[8][8];
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int h = 0; h < H; h++)
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int c = 0; c < CW; c++)
             acc[h][c] = c < CW - 1 ? _mm512_loadu_ps(Y + (size_t)h * ldy + 16 * c)
                                    : _mm512_maskz_loadu_ps(last, Y + (size_t)h * ldy + 16 * c);
     for (int t = 0; t < nr; t++) {
         __m512 p[8];
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int h = 0; h < H; h++) p[h] = _mm512_set1_ps(P[(size_t)h * ldp + t]);
         const char *v = V + t * vrow;
         for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int c = 0; c < CW; c++) {
             const __m512 x = c < CW - 1 ? kvp_ld(et, v + (size_t)(16 * c) * es)
                                         : kvp_ld_mask(et, v + (size_t)(16 * c) * es, last);
-#pragma GCC unroll 8
+KVP_UNROLL
             for (int h = 0; h < H; h++) acc[h][c] = _mm512_fmadd_ps(p[h], x, acc[h][c]);
         }
     }
-#pragma GCC unroll 8
+KVP_UNROLL
     for (int h = 0; h < H; h++)
-#pragma GCC unroll 8
+KVP_UNROLL
         for (int c = 0; c < CW; c++) {
             if (c < CW - 1)
                 _mm512_storeu_ps(Y + (size_t)h * ldy + 16 * c, acc[h][c]);
@@ -774,6 +794,79 @@ static void kvp_attn_values_f16_avx512(float *Y, int ldy, int ny, const float *P
     kvp_values(KVP_E_F16, Y, ldy, ny, P, ldp, V, n, hd);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Softmax: the algorithm of ops.c (kvp_softmax_c) on 16 lanes with FMA.
+ * ------------------------------------------------------------------------------------- */
+
+/* e^(x + xlo) for x in about [-87, 88], 0 below -87 and for NaN (see ops.c). */
+KVP_AI __m512 kvp_exp16(__m512 x, __m512 xlo) {
+    const __m512 lo = _mm512_set1_ps(-87.0f), magic = _mm512_set1_ps(12582912.0f);
+    const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.0f));
+    const __m512 z = _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), magic);
+    const __m512 n = _mm512_sub_ps(z, magic);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), _mm512_add_ps(r, xlo));
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(z), _mm512_set1_epi32(127 - 0x4B400000)), 23);
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    return _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(e));
+}
+
+/* e^(a - m) with the difference made exact by TwoSum (see ops.c). */
+KVP_AI __m512 kvp_exp16_diff(__m512 a, __m512 m) {
+    const __m512 b = _mm512_sub_ps(_mm512_setzero_ps(), m);
+    const __m512 s = _mm512_add_ps(a, b), bb = _mm512_sub_ps(s, a);
+    const __m512 err = _mm512_add_ps(_mm512_sub_ps(a, _mm512_sub_ps(s, bb)), _mm512_sub_ps(b, bb));
+    return kvp_exp16(s, err);
+}
+
+static void kvp_softmax_avx512(float *x, int n) {
+    if (n <= 0) return;
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 m0 = ninf, m1 = ninf;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + i));
+        m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + i + 16));
+    }
+    for (; i < n; i += 16)
+        m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(ninf, kvp_mask16(KVP_MIN(16, n - i)), x + i));
+    const float max = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    if (max == -INFINITY) {
+        memset(x, 0, (size_t)n * sizeof *x);
+        return;
+    }
+    const __m512 vmax = _mm512_set1_ps(max);
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    for (i = 0; i + 32 <= n; i += 32) {
+        const __m512 e0 = kvp_exp16_diff(_mm512_loadu_ps(x + i), vmax);
+        const __m512 e1 = kvp_exp16_diff(_mm512_loadu_ps(x + i + 16), vmax);
+        _mm512_storeu_ps(x + i, e0);
+        _mm512_storeu_ps(x + i + 16, e1);
+        s0 = _mm512_add_ps(s0, e0);
+        s1 = _mm512_add_ps(s1, e1);
+    }
+    for (; i < n; i += 16) { /* the tail, padded with -inf (whose exp is 0) */
+        const __mmask16 m = kvp_mask16(KVP_MIN(16, n - i));
+        const __m512 e = kvp_exp16_diff(_mm512_mask_loadu_ps(ninf, m, x + i), vmax);
+        _mm512_mask_storeu_ps(x + i, m, e);
+        s0 = _mm512_add_ps(s0, e);
+    }
+    const __m512 inv = _mm512_set1_ps((float)(1.0 / (double)_mm512_reduce_add_ps(_mm512_add_ps(s0, s1))));
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    if (i < n) {
+        const __mmask16 m = kvp_mask16(n - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    }
+}
+
 void kvp_ktable_fill_avx512(kvp_ktable *t) {
     t->isa = "avx512";
     t->gemm[KVP_TYPE_F32] = kvp_gemm_f32_avx512;
@@ -792,6 +885,7 @@ void kvp_ktable_fill_avx512(kvp_ktable *t) {
     t->attn_values_f16 = kvp_attn_values_f16_avx512;
     t->f32_to_f16_row = kvp_f32_to_f16_row_avx512;
     t->f16_to_f32_row = kvp_f16_to_f32_row_avx512;
+    t->softmax = kvp_softmax_avx512;
 }
 
 #else /* built without the AVX-512 flags: the table keeps the lower set's kernels */

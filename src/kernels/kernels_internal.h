@@ -69,7 +69,12 @@ typedef struct kvp_ktable {
     /* Bit-identical to the scalar conversions of common.h, except NaN payloads. */
     void (*f32_to_f16_row)(const float *x, uint16_t *y, int n);
     void (*f16_to_f32_row)(const uint16_t *x, float *y, int n);
+    /* kvp_softmax (ops.c); every set uses the same exp algorithm as kvp_softmax_c. */
+    void (*softmax)(float *x, int n);
 } kvp_ktable;
+
+/* The portable softmax of ops.c (the scalar table's entry). */
+void kvp_softmax_c(float *x, int n);
 
 /* Fill a table: scalar sets every entry; avx2 and avx512 override the entries they
  * accelerate, so a table is built by applying scalar, then avx2, then avx512. */

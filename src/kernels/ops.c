@@ -14,6 +14,7 @@
 
 #include "common/common.h"
 #include "kernels/kernels.h"
+#include "kernels/kernels_internal.h"
 
 #define KVP_OPS_LANES 16
 
@@ -99,8 +100,11 @@ void kvp_rmsnorm_ref(float *out, const float *x, const float *w, int n, float ep
 /* ---- softmax ---- */
 
 /* x[i] = e^(x[i] - max) / sum_j e^(x[j] - max). A row whose maximum is -inf (everything
- * masked) becomes all zeros. */
-void kvp_softmax(float *x, int n) {
+ * masked) becomes all zeros. The AVX2 and AVX-512 tables have their own copy of this code
+ * (wider vectors, same algorithm), chosen by kvp_softmax(). */
+void kvp_softmax(float *x, int n) { kvp_ktable_active()->softmax(x, n); }
+
+void kvp_softmax_c(float *x, int n) {
     if (n <= 0) return;
     float mlane[KVP_OPS_LANES];
     for (int l = 0; l < KVP_OPS_LANES; l++) mlane[l] = -INFINITY;
