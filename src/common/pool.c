@@ -17,11 +17,21 @@
 #include "common.h"
 #include "pool.h"
 
-#define KVP_SPIN_ITERS 20000 /* pause loops before sleeping: tens of microseconds */
-#define KVP_LAG_MIN_WAIT 20e-6 /* seconds of waiting on workers that count as lag */
-#define KVP_BACKOFF_MIN 64     /* jobs in the first solo stretch */
-#define KVP_BACKOFF_MAX 32768
-#define KVP_LAG_WINDOW 256     /* two lags within this many jobs start a solo stretch */
+#define KVP_SPIN_ITERS 1500 /* pause loops before sleeping: 2-35 microseconds (Zen 5: 23 ns each) */
+#define KVP_PROBE_UNITS 4      /* units per probe, alternately with the workers and alone */
+#define KVP_PROBE_MIN 16       /* units between probes while the two ways are close */
+#define KVP_PROBE_MAX 256      /* ... growing up to this while one way is clearly faster */
+
+/* The measured choice between running a kind of unit with the workers or alone. */
+typedef struct {
+    int solo;          /* the chosen way: 1 = the caller alone */
+    int probe;         /* units left in the current probe; 0 while running the chosen way */
+    int until_probe;   /* units to run the chosen way before the next probe */
+    int interval;      /* units between probes */
+    int slow;          /* consecutive units 1.5x slower than the chosen way measured */
+    double sec[2];     /* probe sums of seconds per work: [0] with the workers, [1] alone */
+    double best;       /* seconds per work of the chosen way in the last probe */
+} kvp_pool_adapt;
 
 struct kvp_pool {
     int n_threads;
@@ -30,9 +40,10 @@ struct kvp_pool {
     _Atomic uint32_t gen;       /* futex word the workers sleep on */
     _Atomic uint32_t done;      /* chunks finished in the current job; futex word of the caller */
     _Atomic int caller_sleeps;  /* the caller is blocked (or about to block) on done */
-    int solo_left;              /* jobs still to run on the caller alone (backing off) */
-    int backoff;                /* length of the next solo stretch, in jobs */
-    int since_lag;              /* jobs since the caller last waited long on a worker */
+    kvp_pool_adapt adapt[KVP_POOL_KINDS];
+    int unit_kind;              /* the kind of the current unit; -1 outside timed units */
+    int unit_solo;              /* the current unit runs on the caller alone */
+    double unit_t0;             /* when the current unit began */
     _Atomic int stop;
     _Atomic int sleepers;       /* workers blocked (or about to block) in FUTEX_WAIT on gen */
     kvp_task_fn fn;             /* written after claim changes and before gen is published */
@@ -107,8 +118,9 @@ int kvp_pool_new(int n_threads, kvp_pool **out) {
     kvp_pool *p = calloc(1, sizeof *p);
     if (!p) return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool");
     p->n_threads = n_threads;
-    p->backoff = KVP_BACKOFF_MIN;
-    p->since_lag = KVP_LAG_WINDOW;
+    for (int k = 0; k < KVP_POOL_KINDS; k++) /* the workers first; the first probe after 16 units */
+        p->adapt[k].interval = p->adapt[k].until_probe = KVP_PROBE_MIN;
+    p->unit_kind = -1;
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     if (!p->threads) { free(p); return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool"); }
     for (int i = 1; i < n_threads; i++) {
@@ -136,26 +148,7 @@ void kvp_pool_free(kvp_pool *p) {
 }
 
 int kvp_pool_size(const kvp_pool *p) { return p ? p->n_threads : 1; }
-
-/* Backing off when the cores are busy elsewhere. A worker that the operating system
- * preempts in the middle of a chunk holds the whole job until it runs again (a time slice:
- * milliseconds), so when the caller repeatedly waits on workers for much of a job, the pool
- * runs the next `backoff` jobs on the caller alone, then tries the workers again. Two lags
- * within KVP_LAG_WINDOW jobs start a stretch; the stretch doubles while the lag persists
- * (up to 32768 jobs) and resets after 32768 jobs without lag. */
-
-static void kvp_pool_note_lag(kvp_pool *p, double t_total, double t_wait) {
-    int lag = t_wait > KVP_LAG_MIN_WAIT && t_wait > 0.3 * t_total;
-    if (!lag) {
-        if (++p->since_lag > KVP_BACKOFF_MAX) p->backoff = KVP_BACKOFF_MIN; /* calm again */
-        return;
-    }
-    if (p->since_lag < KVP_LAG_WINDOW) { /* a second lag soon after the first: back off */
-        p->solo_left = p->backoff;
-        p->backoff = KVP_MIN(2 * p->backoff, KVP_BACKOFF_MAX);
-    }
-    p->since_lag = 0;
-}
+int kvp_pool_active(const kvp_pool *p) { return p && !p->unit_solo ? p->n_threads : 1; }
 
 static void kvp_pool_serial(kvp_task_fn fn, void *arg, int n_chunks) {
     for (int c = 0; c < n_chunks; c++) fn(arg, c, 0);
@@ -163,16 +156,10 @@ static void kvp_pool_serial(kvp_task_fn fn, void *arg, int n_chunks) {
 
 void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
     if (n_chunks <= 0) return;
-    if (!p || p->n_threads == 1 || n_chunks == 1) {
+    if (!p || p->n_threads == 1 || n_chunks == 1 || p->unit_solo) {
         kvp_pool_serial(fn, arg, n_chunks);
         return;
     }
-    if (p->solo_left > 0) {
-        p->solo_left--;
-        kvp_pool_serial(fn, arg, n_chunks);
-        return;
-    }
-    double t0 = kvp_now();
     /* The claim word moves to the new generation first: a worker still looking at the
      * previous job then fails its compare-and-swap (or sees the new generation) instead of
      * pairing the old job's claim counter with this job's chunk count. */
@@ -185,13 +172,64 @@ void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
     atomic_store(&p->gen, gen);
     if (atomic_load(&p->sleepers)) kvp_futex(&p->gen, FUTEX_WAKE, INT32_MAX);
     kvp_pool_work(p, gen, 0);
-    double t1 = kvp_now();
     /* Every chunk is claimed; wait for the ones other threads are still running. */
     for (;;) {
         uint32_t d = atomic_load_explicit(&p->done, memory_order_acquire);
         if ((int)d == n_chunks) break;
         kvp_wait_change(&p->done, d, NULL, &p->caller_sleeps);
     }
-    double t2 = kvp_now();
-    kvp_pool_note_lag(p, t2 - t0, t2 - t1);
+}
+
+/* Measured choice between the workers and the caller alone (kvp_pool_unit_begin/end). The
+ * workers run the first units; a probe runs
+ * KVP_PROBE_UNITS units alternately both ways and keeps the faster (the workers only when
+ * they win by 10%: a worker preempted by another process stalls a whole unit now and then,
+ * which two units rarely show); the next probe comes after `interval` units, which doubles
+ * while the same way keeps winning, or early when two units in a row run 1.5x slower than
+ * the chosen way did in its probe (another process took a core, or gave it back). */
+
+static void kvp_adapt_choose(kvp_pool_adapt *a) {
+    int solo = !(a->sec[0] < 0.9 * a->sec[1]); /* the workers must win clearly: they risk stalls */
+    a->interval = solo == a->solo ? KVP_MIN(2 * a->interval, KVP_PROBE_MAX) : KVP_PROBE_MIN;
+    a->solo = solo;
+    a->best = a->sec[solo] / (KVP_PROBE_UNITS / 2);
+    a->until_probe = a->interval;
+    a->slow = 0;
+}
+
+/* Records one unit's seconds per work `t`, run alone (solo) or with the workers. */
+static void kvp_adapt_note(kvp_pool_adapt *a, int solo, double t) {
+    if (a->probe > 0) {
+        a->sec[solo] += t;
+        if (--a->probe == 0) kvp_adapt_choose(a);
+        return;
+    }
+    if (a->best == 0) a->best = t; /* the first unit, before any probe */
+    a->slow = t > 1.5 * a->best ? a->slow + 1 : 0;
+    if (a->slow >= 2) a->until_probe = 0;
+    a->until_probe--;
+}
+
+/* The way to run the next unit: 1 for the caller alone. */
+static int kvp_adapt_next(kvp_pool_adapt *a) {
+    if (a->probe == 0 && a->until_probe <= 0) {
+        a->probe = KVP_PROBE_UNITS;
+        a->sec[0] = a->sec[1] = 0;
+    }
+    return a->probe > 0 ? a->probe & 1 : a->solo;
+}
+
+void kvp_pool_unit_begin(kvp_pool *p, int kind) {
+    if (!p || p->n_threads == 1) return;
+    int timed = kind >= 0 && kind < KVP_POOL_KINDS;
+    p->unit_kind = timed ? kind : -1;
+    p->unit_solo = timed ? kvp_adapt_next(&p->adapt[kind]) : 0;
+    p->unit_t0 = kvp_now();
+}
+
+void kvp_pool_unit_end(kvp_pool *p, double work) {
+    if (!p || p->n_threads == 1 || p->unit_kind < 0) return;
+    if (work > 0) kvp_adapt_note(&p->adapt[p->unit_kind], p->unit_solo, (kvp_now() - p->unit_t0) / work);
+    p->unit_kind = -1;
+    p->unit_solo = 0;
 }

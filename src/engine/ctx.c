@@ -64,7 +64,7 @@ static void kvp_mm_task(void *arg, int chunk, int thread) {
 
 /* Y (n, w.rows) = X (n, w.cols) W^T, where X was prepared for w's type by kvp_ctx_prep. */
 static void kvp_ctx_mm(kvp_ctx *c, const kvp_weight *w, const void *xp, int n, float *y) {
-    int nt = kvp_pool_size(c->pool);
+    int nt = kvp_pool_active(c->pool);
     int chunks = nt == 1 ? 1 : KVP_MIN(w->rows / 16, 8 * nt);
     if (chunks < 1) chunks = 1;
     int per = (w->rows + chunks - 1) / chunks;
@@ -206,7 +206,9 @@ int kvp_ctx_decode(kvp_ctx *c, const int *tokens, int n, float *logits, int all_
     for (int i = 0; i < n; i += c->n_batch) {
         int b = KVP_MIN(c->n_batch, n - i), last = i + b == n;
         float *lg = !logits ? NULL : all_logits ? logits + (size_t)i * V : (last ? logits : NULL);
+        kvp_pool_unit_begin(c->pool, b > 1); /* decode steps and prefill batches, timed apart */
         KVP_TRY(kvp_ctx_batch(c, tokens + i, b, lg, all_logits));
+        kvp_pool_unit_end(c->pool, b);
     }
     return KVP_OK;
 }
