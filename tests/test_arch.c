@@ -5,7 +5,8 @@
  *
  * Each test writes a tiny random F32 model with the GGUF writer and compares kvpack's
  * logits with an independent double-precision forward pass written here from the
- * architectures' definitions.
+ * architectures' definitions, and (arch_llamacpp_greedy) kvpack's greedy continuations
+ * with llama.cpp's on the same files.
  */
 #include <sys/wait.h>
 #include <unistd.h>
@@ -456,4 +457,93 @@ TEST(arch_cli_tokenize_and_chat) {
     out[got] = 0;
     CHECKF(pclose(p) == 0 && strstr(out, "<|im_start|>user\nthere<|im_end|>\n<|im_start|>assistant\n"), "got: %s", out);
     unlink(path);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Against llama.cpp. tests/golden/arch-llamacpp.tsv holds the greedy continuations that
+ * llama.cpp's llama-simple (Feb 2025 source, built beside the project) printed for the
+ * models below, as hex bytes. Regenerate: KVT_ARCH_DUMP=DIR build/kvpack-tests
+ * arch_llamacpp keeps the model files in DIR; then for each, `llama-simple -m DIR/NAME.gguf
+ * -n 24 "Hello world"` (its stdout minus the prompt, hex-encoded).
+ * ------------------------------------------------------------------------------------- */
+
+#define KA_PROMPT "A quick fox, 13 dogs."
+
+typedef struct {
+    const char *name;
+    ka_spec s;
+} ka_named;
+
+static const ka_named ka_llamacpp_models[] = {
+    {"llama3-rope-freqs", {.arch = "llama", .head_dim = 8, .rope_freqs = 1}},
+    {"qwen2-bias-tied-bpe", {.arch = "qwen2", .head_dim = 8, .bias = 1, .tied = 1, .bpe = 1}},
+    {"qwen2-bias-bpe", {.arch = "qwen2", .head_dim = 8, .bias = 1, .bpe = 1}},
+}; /* qwen3 came to llama.cpp after this build; test_arch's reference covers it */
+
+/* Greedy continuation of `prompt` (n tokens at most, stopping at end of generation), as
+ * lowercase hex of its bytes, into hex. */
+static int ka_greedy_hex(kvp_model *km, const char *prompt, int n, char *hex, size_t cap) {
+    kvp_ctx_params p = kvp_ctx_default_params();
+    p.kv = "f32";
+    kvp_ctx *c = NULL;
+    int ids[64], n_ids = 0, prev = -1, rc;
+    const int V = kvp_model_get_info(km)->vocab_size;
+    float *lg = malloc(sizeof(float) * V);
+    size_t used = 0;
+    hex[0] = 0;
+    rc = kvp_tokenize_ex(km, prompt, strlen(prompt), KVP_TOKENIZE_ADD_SPECIAL, ids, 64, &n_ids);
+    if (rc == 0) rc = kvp_ctx_new(km, &p, &c);
+    if (rc == 0) rc = kvp_ctx_decode(c, ids, n_ids, lg, 0);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        int best = 0;
+        for (int v = 1; v < V; v++) best = lg[v] > lg[best] ? v : best;
+        if (kvp_token_is_eog(km, best)) break;
+        char piece[64];
+        const int len = kvp_detokenize(km, prev, best, piece, sizeof piece);
+        for (int b = 0; b < len && used + 3 < cap; b++) used += (size_t)snprintf(hex + used, 3, "%02x", (unsigned char)piece[b]);
+        prev = best;
+        rc = kvp_ctx_decode(c, &best, 1, lg, 0);
+    }
+    kvp_ctx_free(c);
+    free(lg);
+    return rc;
+}
+
+/* The golden hex of model `name`, or NULL. */
+static const char *ka_golden(const char *name, char *line, size_t cap) {
+    FILE *f = fopen("tests/golden/arch-llamacpp.tsv", "r");
+    const char *found = NULL;
+    while (f && !found && fgets(line, (int)cap, f)) {
+        char *tab = strchr(line, '\t');
+        if (!tab || line[0] == '#') continue;
+        *tab = 0;
+        tab[strcspn(tab + 1, "\r\n") + 1] = 0;
+        if (!strcmp(line, name)) found = tab + 1;
+    }
+    if (f) fclose(f);
+    return found;
+}
+
+TEST(arch_llamacpp_greedy) {
+    const char *dump = getenv("KVT_ARCH_DUMP");
+    for (size_t i = 0; i < KVP_ARRAY_LEN(ka_llamacpp_models); i++) {
+        const ka_named *t = &ka_llamacpp_models[i];
+        ka_model m;
+        ka_make(&m, &t->s, 21);
+        for (size_t j = 0; !t->s.tied && j < (size_t)KA_VOCAB * KA_DIM; j++) m.embd[j] *= 3; /* no near-ties */
+        char path[256], hex[512], line[1024];
+        snprintf(path, sizeof path, "%s/%s.gguf", dump ? dump : "/tmp", t->name);
+        if (!dump) snprintf(path, sizeof path, "%s", ka_path(t->name));
+        kvp_model *km = NULL;
+        CHECK_OK(ka_write(&m, path));
+        ka_free(&m);
+        CHECK_OK(kvp_model_load(path, NULL, &km));
+        if (!dump) unlink(path);
+        const int rc = ka_greedy_hex(km, KA_PROMPT, 24, hex, sizeof hex);
+        kvp_model_free(km);
+        CHECK_OK(rc);
+        const char *want = ka_golden(t->name, line, sizeof line);
+        CHECKF(want, "%s: no line in tests/golden/arch-llamacpp.tsv", t->name);
+        CHECKF(!strcmp(hex, want), "%s: kvpack %s, llama.cpp %s", t->name, hex, want);
+    }
 }
