@@ -29,6 +29,8 @@ typedef struct {
     int until_probe;   /* units to run the chosen way before the next probe */
     int interval;      /* units between probes */
     int slow;          /* consecutive units 1.5x slower than the chosen way measured */
+    int n_run;         /* units run the chosen way since the probe ... */
+    double sum_run;    /* ... and their seconds per work */
     double sec[2];     /* probe sums of seconds per work: [0] with the workers, [1] alone */
     double best;       /* seconds per work of the chosen way in the last probe */
 } kvp_pool_adapt;
@@ -118,8 +120,8 @@ int kvp_pool_new(int n_threads, kvp_pool **out) {
     kvp_pool *p = calloc(1, sizeof *p);
     if (!p) return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool");
     p->n_threads = n_threads;
-    for (int k = 0; k < KVP_POOL_KINDS; k++) /* the workers first; the first probe after 16 units */
-        p->adapt[k].interval = p->adapt[k].until_probe = KVP_PROBE_MIN;
+    for (int k = 0; k < KVP_POOL_KINDS; k++) p->adapt[k].interval = KVP_PROBE_MIN;
+    p->adapt[1].until_probe = KVP_PROBE_MIN; /* prefill: the workers first, probed after 16 batches */
     p->unit_kind = -1;
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     if (!p->threads) { free(p); return kvp_seterr(KVP_ENOMEM, "out of memory creating the thread pool"); }
@@ -180,21 +182,23 @@ void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks) {
     }
 }
 
-/* Measured choice between the workers and the caller alone (kvp_pool_unit_begin/end). The
- * workers run the first units; a probe runs
+/* Measured choice between the workers and the caller alone (kvp_pool_unit_begin/end).
+ * Decode steps are probed at once, prefill batches after 16 with the workers; a probe runs
  * KVP_PROBE_UNITS units alternately both ways and keeps the faster (the workers only when
  * they win by 10%: a worker preempted by another process stalls a whole unit now and then,
- * which two units rarely show); the next probe comes after `interval` units, which doubles
- * while the same way keeps winning, or early when two units in a row run 1.5x slower than
- * the chosen way did in its probe (another process took a core, or gave it back). */
+ * which two units rarely show); the next probe comes after `interval` units, which grows
+ * (x4) while the same way keeps winning, or early when two units in a row run 1.5x slower than
+ * the chosen way did in its probe, or 8 or more since the probe run 1.2x slower on average
+ * (another process took a core, or gave it back). */
 
 static void kvp_adapt_choose(kvp_pool_adapt *a) {
-    int solo = !(a->sec[0] < 0.9 * a->sec[1]); /* the workers must win clearly: they risk stalls */
-    a->interval = solo == a->solo ? KVP_MIN(2 * a->interval, KVP_PROBE_MAX) : KVP_PROBE_MIN;
+    int solo = !(a->sec[0] < 0.95 * a->sec[1]); /* the workers must win clearly: they risk stalls */
+    a->interval = solo == a->solo ? KVP_MIN(4 * a->interval, KVP_PROBE_MAX) : KVP_PROBE_MIN;
     a->solo = solo;
     a->best = a->sec[solo] / (KVP_PROBE_UNITS / 2);
     a->until_probe = a->interval;
-    a->slow = 0;
+    a->slow = a->n_run = 0;
+    a->sum_run = 0;
 }
 
 /* Records one unit's seconds per work `t`, run alone (solo) or with the workers. */
@@ -206,7 +210,9 @@ static void kvp_adapt_note(kvp_pool_adapt *a, int solo, double t) {
     }
     if (a->best == 0) a->best = t; /* the first unit, before any probe */
     a->slow = t > 1.5 * a->best ? a->slow + 1 : 0;
-    if (a->slow >= 2) a->until_probe = 0;
+    a->n_run++;
+    a->sum_run += t;
+    if (a->slow >= 2 || (a->n_run >= 8 && a->sum_run > 1.2 * a->best * a->n_run)) a->until_probe = 0;
     a->until_probe--;
 }
 

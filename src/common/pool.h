@@ -35,10 +35,10 @@ void kvp_pool_run(kvp_pool *p, kvp_task_fn fn, void *arg, int n_chunks);
 /* Units of comparable work (the engine: a single-token decode step; a prefill batch). Between
  * kvp_pool_unit_begin(p, kind) and kvp_pool_unit_end(p, work) the jobs run either with the
  * workers or on the caller alone, as the pool chose for that kind (0 <= kind <
- * KVP_POOL_KINDS) from what it measured: the workers run the first 16 units, then it times
- * units both ways in short alternating probes (two units each) and runs the following
- * units the faster way, probing again after 16 to 256 units or as soon as the chosen way
- * slows down by half. Whatever else runs on
+ * KVP_POOL_KINDS) from what it measured: it times units both ways in short alternating
+ * probes (two units each; kind 1 runs 16 units with the workers first) and runs the
+ * following units the faster way, probing again after 16 to 256 units or as soon as the
+ * chosen way slows down. Whatever else runs on
  * the machine, a pool of n threads is then about as fast as the better of n threads and
  * one. A unit of another kind (say -1) is not timed and always uses the workers. Costs two
  * clock reads per unit; a NULL or one-thread pool ignores both calls. */
