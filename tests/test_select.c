@@ -157,14 +157,14 @@ TEST(select_attend_mixed_runs) {
         }
     }
     kvp_rows runs[3] = {
-        {KVP_ROWS_F32, 10, k, v, NULL, NULL, pos, 0},
-        {KVP_ROWS_F16, 10, k16 + 10 * HD, v16 + 10 * HD, NULL, NULL, pos + 10, 0},
-        {KVP_ROWS_Q8, 10, k8 + 20 * HD, v8 + 20 * HD, ks + 20, vs + 20, pos + 20, 0},
+        {KVP_ROWS_F32, 10, k, v, NULL, NULL, pos, 0, NULL, 0, 0},
+        {KVP_ROWS_F16, 10, k16 + 10 * HD, v16 + 10 * HD, NULL, NULL, pos + 10, 0, NULL, 0, 0},
+        {KVP_ROWS_Q8, 10, k8 + 20 * HD, v8 + 20 * HD, ks + 20, vs + 20, pos + 20, 0, NULL, 0, 0},
     };
     int qpos[2] = {50, 200}; /* the first query sees positions <= 50 only */
     float buf[64 * HD];
     for (int pass = 0; pass < 2; pass++) { /* run by run, then gathered into one buffer */
-        kvp_attn_io io = {q, 2, qpos, 1, 1.0f / sqrtf((float)HD), s, 64, y, pass ? buf : NULL};
+        kvp_attn_io io = {q, 2, qpos, 1, 1.0f / sqrtf((float)HD), s, 64, y, pass ? buf : NULL, NULL};
         CHECK(kvp_sel_attend(runs, 3, HD, &io) == N);
         for (int r = 0; r < 2; r++) {
             double ref[HD];

@@ -75,15 +75,39 @@ int kvp_sel_args_check(const kvp_sel_args *a);
 /* ---------------------------------------------------------------------------------------
  * Runs of cached rows and the attention over them.
  * ------------------------------------------------------------------------------------- */
-enum { KVP_ROWS_F32 = 0, KVP_ROWS_F16 = 1, KVP_ROWS_Q8 = 2 };
+enum { KVP_ROWS_F32 = 0, KVP_ROWS_F16 = 1, KVP_ROWS_Q8 = 2, KVP_ROWS_KQ = 3 };
+
+/* Rows quantized to low-bit codes in the packed tiles of kernels/kvq.h at the KIVI bit
+ * widths (docs/selection.md, "Selection on quantized storage"). A run is a list of tiles of
+ * KVP_KQ_T lanes, each lane holding one row or empty (dead): keys quantized per channel
+ * over the tile's lanes (KIVI's grouping, two-level 8-bit scale and minimum codes, quant.h),
+ * values per lane and group of 32 channels (F16 scale and minimum). The run's rows are the
+ * live lanes in tile order. */
+#define KVP_KQ_T 16
+typedef struct kvp_kq_fmt {
+    int kbits, vbits, hd, gph;
+    size_t ktile, kpar, vtile, vpar; /* bytes of the parts of a tile */
+    size_t off_kp, off_vt, off_vp, bytes; /* offsets of the parts in a tile's memory, total */
+} kvp_kq_fmt;
+
+typedef struct kvp_kq_tile {
+    uint8_t *mem;   /* key tile | key parameters | value tile | value parameters (fmt offsets) */
+    uint32_t live;  /* bit t: lane t holds a row */
+} kvp_kq_tile;
 
 typedef struct kvp_rows {
     int fmt;               /* KVP_ROWS_* */
     int n;                 /* rows in the run */
-    const void *k, *v;     /* (n, hd) keys and values: float, uint16_t (F16) or int8_t */
+    const void *k, *v;     /* (n, hd) keys and values: float, uint16_t (F16) or int8_t;
+                            * KQ: k is the run's tiles (kvp_kq_tile), v unused */
     const float *ks, *vs;  /* Q8 only: one scale per row, value = scale * int8 */
     const int *pos;        /* ascending original position of each row, or NULL: pos0 + t */
     int pos0;
+    const kvp_kq_fmt *kq;  /* KQ only: the format; k points to n_tiles kvp_kq_tile whose live
+                            * lanes are the n rows; or, with n_tiles 0, k is tile memory
+                            * (fmt->bytes per tile, every lane live, as the cold tier keeps
+                            * blocks) and the rows are lanes [t0, t0 + n) */
+    int n_tiles, t0;
 } kvp_rows;
 
 typedef struct kvp_attn_io {
@@ -97,7 +121,30 @@ typedef struct kvp_attn_io {
     float *y;        /* (nq, hd) output */
     float *buf;      /* NULL, or scratch (lds, hd): the runs' keys, then values, are gathered
                       * into it as floats and attended with one kernel call each */
+    void *kscr;      /* without buf, for KQ runs: kvp_sel_kq_scratch(nq, hd) bytes, 64-aligned */
 } kvp_attn_io;
+
+/* Bytes of scratch the packed-tile attention of KQ runs needs for nq query rows. */
+size_t kvp_sel_kq_scratch(int nq, int hd);
+/* KQ tiles: makes tile t (mem of fmt->bytes) from n <= KVP_KQ_T rows k, v (n, hd) in lanes
+ * [0, n); reads lane `lane` back as floats. */
+void kvp_kq_tile_make(const kvp_kq_fmt *f, kvp_kq_tile *t, const float *k, const float *v, int n);
+void kvp_kq_tile_read(const kvp_kq_fmt *f, const kvp_kq_tile *t, int lane, float *k, float *v);
+/* Merges the live lanes of tiles a and b (a's first, at most KVP_KQ_T together) into a:
+ * values move code for code, keys are re-quantized per channel over the merged rows from
+ * the values their codes represent. b is left empty. */
+void kvp_kq_tile_merge(const kvp_kq_fmt *f, kvp_kq_tile *a, kvp_kq_tile *b);
+/* The pieces of kvp_sel_attend for a KQ run: scores S (nq, lds)
+ * of query rows Q (nq, hd); Y (nq, hd) += P (nq, lds) times the values, both through the
+ * packed-tile kernels with scratch scr; the keys (val 0) or values as floats, x (n, hd). */
+void kvp_kq_run_scores(const kvp_rows *r, const float *Q, int nq, float scale, float *S, int lds, void *scr);
+void kvp_kq_run_values(const kvp_rows *r, const float *P, int nq, int lds, float *Y, void *scr);
+void kvp_kq_run_floats(const kvp_rows *r, int val, float *x);
+/* The format of kXvY rows of head dimension hd (bits in 2, 3, 4, 8). */
+void kvp_kq_fmt_init(kvp_kq_fmt *f, int kbits, int vbits, int hd);
+/* Parses a storage spec "kXvY[:rR]" (the KIVI spec's bit widths and recent window, R
+ * default 128). KVP_EINVAL for anything else (the message names what is accepted). */
+int kvp_kq_spec_parse(const char *spec, int *kbits, int *vbits, int *recent);
 
 /* Causal attention of io->nq query rows over the runs, taken in order as one sequence of
  * rows: row t of the sequence is visible to query row r iff its position <= qpos[r/group].
@@ -166,6 +213,10 @@ static inline kvp_tstream *kvp_tstore_stream(const kvp_tstore *ts, int layer, in
 
 /* A store of F32 or F16 rows (type KVP_TYPE_F32 or KVP_TYPE_F16). */
 int kvp_tstore_new(int type, int n_layers, int n_kv_heads, int head_dim, int n_aux, kvp_tstore **out);
+/* A store of KQ rows (kXvY) with the `recent` latest positions of every stream in F16
+ * (kv_select_qstore.c): its runs are the quantized slots, then the F16 ones. */
+int kvp_tstore_kq_new(int kbits, int vbits, int recent, int n_layers, int n_kv_heads, int head_dim,
+                      int n_aux, kvp_tstore **out);
 
 /* ---------------------------------------------------------------------------------------
  * Eviction policies.
