@@ -230,7 +230,8 @@ typedef struct kvp_sel_cfg {
     int recent;  /* most recent tokens always kept (H2O, StreamingLLM); -1 = half the budget */
     int window;  /* SnapKV observation window: queries scored and tokens always kept */
     int kernel;  /* SnapKV pooling width (odd); 1 = none */
-    int beta;    /* PyramidKV: the last layer gets 1/beta of the first's share */
+    int beta;    /* PyramidKV: the last layer gets 1/beta of the first's share... */
+    int span;    /* ...of a model of `span` layers (default 32); fewer layers keep its fall per layer */
     int share;   /* KVCrush: percent of the budget for representatives */
 } kvp_sel_cfg;
 
@@ -273,8 +274,11 @@ int kvp_count_sinks(const int *pos, int n, int sinks);
 void kvp_snapkv_pick_stream(const float *score, const int *pos, int n, int budget, int sinks, int window,
                             int kernel, uint8_t *keep);
 /* PyramidKV's linear schedule: per_layer[l] for a mean of `budget` tokens, `window` of them
- * the observation window in every layer, the last layer's share 1/beta of the first's. */
-void kvp_pyramid_budgets(int n_layers, int budget, int window, int beta, int *per_layer);
+ * the observation window in every layer; over `span` layers the last layer's share above
+ * the window is 1/beta of the first's (the paper's schedule); a model of fewer layers
+ * (n_layers < span) keeps the same fall per layer around the mean (span 0: the model's
+ * own first and last layers get the paper's end points, however few layers it has). */
+void kvp_pyramid_budgets(int n_layers, int budget, int window, int beta, int span, int *per_layer);
 /* KVCrush: the signature of every slot of a layer: bit h = 1 when the slot is in KV head h's
  * top half by score[h] (the first ceil(n/2) by score, ties to the later position; heads past
  * 32 are ignored). pos: the layer's ascending positions. */
