@@ -281,13 +281,37 @@ void kvp_kq_run_values(const kvp_rows *r, const float *P, int nq, int lds, float
         for (int c = 0; c < hd; c++) Y[(size_t)j * hd + c] += x.Yp[(size_t)j * hdp + c];
 }
 
+/* The live lanes of tile t as floats, keys (val 0) or values, from row `row` of x on; returns
+ * the next row. The tile is unpacked once and its parameters decoded once. */
+static int kvp_kq_tile_floats(const kvp_kq_fmt *f, const kvp_kq_tile *t, int val, float *x, int row) {
+    uint8_t codes[KVP_QHD_MAX * KVP_KQ_T];
+    float s[KVP_QHD_MAX], m[KVP_QHD_MAX];
+    int hd = f->hd, T = KVP_KQ_T;
+    if (val) kvp_qt_unpack_v(t->mem + f->off_vt, T, hd, f->vbits, codes); /* (T, hd) */
+    else {
+        const uint8_t *par = t->mem + f->off_kp;
+        kvp_qsuper sp;
+        memcpy(&sp, par + 2 * hd, sizeof sp);
+        kvp_qp_decode(par, par + hd, &sp, hd, s, m);
+        kvp_qt_unpack_k(t->mem, hd, T, f->kbits, codes); /* (hd, T) */
+    }
+    for (int l = 0; l < T; l++) {
+        if (!(t->live >> l & 1)) continue;
+        float *dst = x + (size_t)row++ * hd;
+        for (int g = 0; val && g < f->gph; g++) {
+            const uint16_t *p = kvp_kq_vp(f, t, l, g);
+            float vs = kvp_f16_to_f32(p[0]), vm = kvp_f16_to_f32(p[1]);
+            for (int c = 32 * g; c < KVP_MIN(hd, 32 * g + 32); c++)
+                dst[c] = vm + vs * (float)kvp_qt_vload(codes[(size_t)l * hd + c], f->vbits);
+        }
+        for (int c = 0; !val && c < hd; c++) dst[c] = m[c] + s[c] * (float)codes[(size_t)c * T + l];
+    }
+    return row;
+}
+
 void kvp_kq_run_floats(const kvp_rows *r, int val, float *x) {
     for (int i = 0, row = 0, nt = kvp_kq_run_count(r); i < nt; i++) {
         kvp_kq_tile t = kvp_kq_run_tile(r, i);
-        for (int l = 0; l < KVP_KQ_T; l++)
-            if (t.live >> l & 1) {
-                float *dst = x + (size_t)row++ * r->kq->hd;
-                kvp_kq_tile_read(r->kq, &t, l, val ? NULL : dst, val ? dst : NULL);
-            }
+        if (t.live) row = kvp_kq_tile_floats(r->kq, &t, val, x, row);
     }
 }
