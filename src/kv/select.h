@@ -13,12 +13,12 @@
  *
  * Layers, from the bottom:
  *   kvp_rows + kvp_sel_attend   attention of a group of query rows over a list of runs of
- *                               cached rows (F32, F16 or 8-bit), each row with its original
+ *                               cached rows (F32, F16, 8-bit or KQ), each row with its original
  *                               position; the one attention routine of both caches.
  *   kvp_tstore                  the token store: per (layer, KV head) a dense, position-
  *                               ordered array of slots; append, view as runs, compact, bytes.
- *                               Implemented for F16/F32 rows; a quantized store plugs in by
- *                               producing runs of its own format (docs/selection.md).
+ *                               Two stores: F16/F32 rows, and KQ tiles (the KIVI bit widths,
+ *                               kv_select_qstore.c), whose runs the packed-tile kernels attend.
  *   kvp_policy                  a policy: what it scores tokens by, how it splits the budget
  *                               over layers, and which slots of a layer it keeps. Pure
  *                               functions over a kvp_sel_view, tested on hand-made inputs.
