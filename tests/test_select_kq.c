@@ -82,11 +82,11 @@ static void kvt_kq_attend_case(int kbits, int vbits, int hd, int recent) {
     kvp_tstore *ts = NULL;
     CHECK_OK(kvp_tstore_kq_new(kbits, vbits, recent, 1, 1, hd, 1, &ts));
     uint32_t seed = (uint32_t)(kbits * 131 + vbits * 17 + hd);
-    float *k = malloc(sizeof(float) * 64 * hd), *v = malloc(sizeof(float) * 64 * hd);
+    float *k = malloc(sizeof(float) * 96 * hd), *v = malloc(sizeof(float) * 96 * hd);
     int n_pos = 0;
     uint8_t keep[256];
     for (int round = 0; round < 4; round++) {
-        int n = 13 + 7 * round;
+        int n = 40 + 7 * round;
         for (int i = 0; i < n * hd; i++) {
             k[i] = 2 * kvt_rnd(&seed) + (i % hd == 3 ? 4 : 0); /* an outlier channel */
             v[i] = kvt_rnd(&seed);
@@ -94,8 +94,13 @@ static void kvt_kq_attend_case(int kbits, int vbits, int hd, int recent) {
         CHECK_OK(ts->vt->append(ts, 0, n_pos, n, k, v));
         n_pos += n;
         kvp_tstream *st = kvp_tstore_stream(ts, 0, 0);
-        for (int t = 0; t < st->n; t++) keep[t] = (t * 7 + round) % 5 != 0 || t >= st->n - 3;
+        for (int t = 0; t < st->n; t++) /* heavy eviction in odd rounds: tiles merge */
+            keep[t] = (round % 2 ? (t * 7 + round) % 3 == 0 : (t * 7 + round) % 5 != 0) || t >= st->n - 3;
         if (round < 3) ts->vt->compact(ts, 0, 0, keep);
+        if (round == 1) { /* some lanes are dead: evicted lanes stay in place */
+            kvp_rows r0[2];
+            CHECK(ts->vt->rows(ts, 0, 0, r0, 2) >= 1 && r0[0].fmt == KVP_ROWS_KQ && r0[0].n_tiles * KVP_KQ_T > r0[0].n);
+        }
     }
     kvp_tstream *st = kvp_tstore_stream(ts, 0, 0);
     int n = st->n, nq = 6, qp = st->pos[n - 5]; /* the last 4 rows are masked */
@@ -106,7 +111,9 @@ static void kvt_kq_attend_case(int kbits, int vbits, int hd, int recent) {
     kvp_rows runs[2];
     int nr = ts->vt->rows(ts, 0, 0, runs, 2), qpos = qp;
     CHECK(nr == 2 && runs[0].fmt == KVP_ROWS_KQ && runs[1].fmt == KVP_ROWS_F16); /* the last append stays F16 */
-    CHECK(runs[0].n_tiles * KVP_KQ_T > runs[0].n); /* evicted lanes left holes */
+    const kvp_kq_tile *tl = runs[0].k; /* no two neighbours could have been merged */
+    for (int i = 0; i + 1 < runs[0].n_tiles; i++)
+        CHECK(tl[i].live && __builtin_popcount(tl[i].live) + __builtin_popcount(tl[i + 1].live) > KVP_KQ_T);
     float *S = malloc(sizeof(float) * nq * (n + 16));
     void *scr = kvp_amalloc(kvp_sel_kq_scratch(nq, hd));
     kvp_attn_io io = {Q, nq, &qpos, nq, 1.0f / sqrtf((float)hd), S, n + 16, Y, NULL, scr};
@@ -130,6 +137,47 @@ TEST(select_kq_attend_equals_dequantized) {
         kvt_kq_attend_case(kb[i], vb[i], hd[i], 5);
         if (kvt_failed()) return;
     }
+}
+
+/* Merging two tiles: the values move code for code (bit-identical reads), the keys are
+ * re-quantized within half a step of the merged tile (its range / 15 / 2 per channel). */
+TEST(select_kq_tile_merge) {
+    int hd = 24;
+    kvp_kq_fmt f;
+    kvp_kq_fmt_init(&f, 4, 3, hd);
+    kvp_kq_tile a = {kvp_amalloc(f.bytes), 0}, b = {kvp_amalloc(f.bytes), 0};
+    float k[32 * 24], v[32 * 24], ka[16 * 24], va[16 * 24], x[24], y[24];
+    uint32_t seed = 11;
+    for (int i = 0; i < 32 * hd; i++) {
+        k[i] = 3 * kvt_rnd(&seed);
+        v[i] = kvt_rnd(&seed);
+    }
+    kvp_kq_tile_make(&f, &a, k, v, 16);
+    kvp_kq_tile_make(&f, &b, k + 16 * hd, v + 16 * hd, 16);
+    a.live = 0x8421u | 0x0102u; /* lanes 0 1 5 8 10 15 */
+    b.live = 0x00f1u;           /* lanes 0 4 5 6 7 */
+    int n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int l = 0; l < 16; l++)
+            if ((pass ? b : a).live >> l & 1) {
+                kvp_kq_tile_read(&f, pass ? &b : &a, l, ka + n * hd, va + n * hd);
+                n++;
+            }
+    kvp_kq_tile_merge(&f, &a, &b);
+    CHECK(n == 11 && a.live == 0x7ffu && b.live == 0);
+    float lo[24], hi[24];
+    for (int c = 0; c < hd; c++) {
+        lo[c] = hi[c] = ka[c];
+        for (int r = 1; r < n; r++) lo[c] = fminf(lo[c], ka[r * hd + c]), hi[c] = fmaxf(hi[c], ka[r * hd + c]);
+    }
+    for (int r = 0; r < n; r++) {
+        kvp_kq_tile_read(&f, &a, r, x, y);
+        CHECKF(!memcmp(y, va + r * hd, sizeof y), "value of row %d changed", r);
+        for (int c = 0; c < hd; c++)
+            CHECKF(fabsf(x[c] - ka[r * hd + c]) <= (hi[c] - lo[c]) / 15 / 2 * 1.1f + 1e-3f, "key row %d ch %d", r, c);
+    }
+    kvp_afree(a.mem);
+    kvp_afree(b.mem);
 }
 
 /* ---- the eviction cache on KQ rows ---- */
