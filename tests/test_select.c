@@ -157,14 +157,14 @@ TEST(select_attend_mixed_runs) {
         }
     }
     kvp_rows runs[3] = {
-        {KVP_ROWS_F32, 10, k, v, NULL, NULL, pos, 0},
-        {KVP_ROWS_F16, 10, k16 + 10 * HD, v16 + 10 * HD, NULL, NULL, pos + 10, 0},
-        {KVP_ROWS_Q8, 10, k8 + 20 * HD, v8 + 20 * HD, ks + 20, vs + 20, pos + 20, 0},
+        {KVP_ROWS_F32, 10, k, v, NULL, NULL, pos, 0, NULL, 0, 0},
+        {KVP_ROWS_F16, 10, k16 + 10 * HD, v16 + 10 * HD, NULL, NULL, pos + 10, 0, NULL, 0, 0},
+        {KVP_ROWS_Q8, 10, k8 + 20 * HD, v8 + 20 * HD, ks + 20, vs + 20, pos + 20, 0, NULL, 0, 0},
     };
     int qpos[2] = {50, 200}; /* the first query sees positions <= 50 only */
     float buf[64 * HD];
     for (int pass = 0; pass < 2; pass++) { /* run by run, then gathered into one buffer */
-        kvp_attn_io io = {q, 2, qpos, 1, 1.0f / sqrtf((float)HD), s, 64, y, pass ? buf : NULL};
+        kvp_attn_io io = {q, 2, qpos, 1, 1.0f / sqrtf((float)HD), s, 64, y, pass ? buf : NULL, NULL};
         CHECK(kvp_sel_attend(runs, 3, HD, &io) == N);
         for (int r = 0; r < 2; r++) {
             double ref[HD];
@@ -231,10 +231,18 @@ TEST(select_pyramid_schedule_hand) {
     int b[5];
     /* above the window: 100 per layer on average; the last layer 100/20 = 5, the first
      * 2 * 100 - 5 = 195; floor(195 - 47.5 l) = 195 147 100 52 5 (499), +1 to layer 0 */
-    kvp_pyramid_budgets(5, 120, 20, 20, b);
+    kvp_pyramid_budgets(5, 120, 20, 20, 0, b);
     CHECK(b[0] == 216 && b[1] == 167 && b[2] == 120 && b[3] == 72 && b[4] == 25);
-    kvp_pyramid_budgets(3, 10, 32, 20, b); /* budget below the window: uniform */
+    kvp_pyramid_budgets(3, 10, 32, 20, 32, b); /* budget below the window: uniform */
     CHECK(b[0] == 10 && b[1] == 10 && b[2] == 10);
+    /* span 32: the paper's fall per layer, (195 - 5) / 31 = 6.129, around the mean 100:
+     * floor(112.258 - 6.129 l) = 112 106 100 93 87 (498), +1 to layers 0 and 1 */
+    kvp_pyramid_budgets(5, 120, 20, 20, 32, b);
+    CHECK(b[0] == 133 && b[1] == 127 && b[2] == 120 && b[3] == 113 && b[4] == 107);
+    int p32[32], q32[32]; /* a model of 32 layers gets the paper's schedule either way */
+    kvp_pyramid_budgets(32, 300, 32, 20, 32, p32);
+    kvp_pyramid_budgets(32, 300, 32, 20, 0, q32);
+    CHECK(!memcmp(p32, q32, sizeof p32) && p32[31] == 32 + 268 / 20);
 }
 
 TEST(select_prefixkv_threshold_hand) {

@@ -361,8 +361,15 @@ TEST(select_composite_spec) {
     kvp_ctx *c = NULL;
     p.kv = "f16+h2o";
     CHECK(kvp_ctx_new(m, &p, &c) == KVP_EINVAL); /* no budget */
-    p.kv = "k4v4+h2o@50%";
-    CHECK(kvp_ctx_new(m, &p, &c) == KVP_EUNSUPPORTED); /* compressed storage is not plugged in yet */
+    p.kv = "k4v4+h2o@50%"; /* KIVI-style storage, with its default recent window */
+    CHECK_OK(kvp_ctx_new(m, &p, &c));
+    kvp_kv_stats st;
+    kvp_ctx_kv_stats(c, &st);
+    CHECKF(!strcmp(st.spec, "k4v4:r128+h2o@50%"), "%s", st.spec);
+    kvp_ctx_free(c);
+    c = NULL;
+    p.kv = "mikv+h2o@50%";
+    CHECK(kvp_ctx_new(m, &p, &c) == KVP_EUNSUPPORTED); /* MiKV is a cache of its own, not a row format */
     p.kv = "f16+h2o@50%";
     p.select = "snapkv";
     CHECK(kvp_ctx_new(m, &p, &c) == KVP_EINVAL); /* two policies */

@@ -27,6 +27,7 @@ typedef struct {
 
 struct kvp_tier {
     int enc, nh, hd, fd;    /* fd: -1 for host memory */
+    kvp_kq_fmt kq;          /* the KQ encoding's format */
     char *path;
     char spec[64];
     kvp_tier_seg *seg;
@@ -41,6 +42,11 @@ static size_t kvp_tier_align(size_t x) { return (x + 63) & ~(size_t)63; }
 
 /* Byte offsets of a record's parts for n tokens: K/V scales (q8), K rows, V rows, total. */
 static void kvp_tier_layout(const kvp_tier *c, int n, size_t *ks, size_t *vs, size_t *k, size_t *v, size_t *total) {
+    if (c->enc == KVP_TIER_KQ) { /* per head, the tiles of its n rows */
+        *ks = *vs = *k = *v = 0;
+        *total = (size_t)c->nh * (size_t)((n + KVP_KQ_T - 1) / KVP_KQ_T) * c->kq.bytes;
+        return;
+    }
     size_t rows = (size_t)c->nh * (size_t)n, scales = c->enc == KVP_TIER_Q8 ? kvp_tier_align(rows * sizeof(float)) : 0;
     size_t part = kvp_tier_align(rows * (size_t)c->hd * (c->enc == KVP_TIER_Q8 ? 1 : 2));
     *ks = 0;
@@ -200,8 +206,35 @@ static void kvp_tier_encode(const kvp_tier *c, int type, const void *src, int n,
         }
 }
 
+/* Encodes a block as KQ tiles: per head, rows [16 i, 16 i + 16) make tile i. */
+static int kvp_tier_encode_kq(const kvp_tier *c, int type, const void *k, const void *v, int n, int stride,
+                              uint8_t *b) {
+    float *xk = malloc(sizeof(float) * KVP_KQ_T * (size_t)c->hd), *xv = malloc(sizeof(float) * KVP_KQ_T * (size_t)c->hd);
+    int nt = (n + KVP_KQ_T - 1) / KVP_KQ_T;
+    for (int h = 0; xk && xv && h < c->nh; h++)
+        for (int i = 0; i < nt; i++) {
+            int cnt = KVP_MIN(KVP_KQ_T, n - i * KVP_KQ_T);
+            for (int t = 0; t < cnt; t++) {
+                size_t in = (size_t)h * stride + (size_t)(i * KVP_KQ_T + t);
+                kvp_tier_src(k, type, in, c->hd, xk + (size_t)t * c->hd);
+                kvp_tier_src(v, type, in, c->hd, xv + (size_t)t * c->hd);
+            }
+            kvp_kq_tile tile = {b + ((size_t)h * nt + (size_t)i) * c->kq.bytes, 0};
+            kvp_kq_tile_make(&c->kq, &tile, xk, xv, cnt);
+        }
+    int ok = xk && xv;
+    free(xk);
+    free(xv);
+    return ok ? KVP_OK : kvp_seterr(KVP_ENOMEM, "out of memory moving a block to the cold tier");
+}
+
 int kvp_tier_put(kvp_tier *c, int type, const void *k, const void *v, int n, int stride, int64_t *id) {
     size_t ks, vs, ko, vo, total;
+    if (c->enc == KVP_TIER_KQ) {
+        kvp_tier_layout(c, n, &ks, &vs, &ko, &vo, &total);
+        KVP_TRY(kvp_tier_new_rec(c, n, total, id));
+        return kvp_tier_encode_kq(c, type, k, v, n, stride, kvp_tier_base(c, *id));
+    }
     kvp_tier_layout(c, n, &ks, &vs, &ko, &vo, &total);
     float *x = malloc(sizeof(float) * (size_t)c->hd);
     if (!x) return kvp_seterr(KVP_ENOMEM, "out of memory moving a block to the cold tier");
@@ -218,11 +251,16 @@ int kvp_tier_put(kvp_tier *c, int type, const void *k, const void *v, int n, int
 void kvp_tier_rows(const kvp_tier *c, int64_t id, int h, int r0, int cnt, int pos0, kvp_rows *out) {
     size_t ks, vs, ko, vo, total;
     int n = c->rec[id].n;
+    if (c->enc == KVP_TIER_KQ) {
+        const uint8_t *b = kvp_tier_base(c, id) + (size_t)h * (size_t)((n + KVP_KQ_T - 1) / KVP_KQ_T) * c->kq.bytes;
+        *out = (kvp_rows){KVP_ROWS_KQ, cnt, b, NULL, NULL, NULL, NULL, pos0, &c->kq, 0, r0};
+        return;
+    }
     kvp_tier_layout(c, n, &ks, &vs, &ko, &vo, &total);
     const uint8_t *b = kvp_tier_base(c, id);
     size_t row = (size_t)h * n + r0, esz = c->enc == KVP_TIER_Q8 ? 1 : 2;
     *out = (kvp_rows){c->enc == KVP_TIER_Q8 ? KVP_ROWS_Q8 : KVP_ROWS_F16, cnt, b + ko + row * c->hd * esz,
-                      b + vo + row * c->hd * esz, NULL, NULL, NULL, pos0};
+                      b + vo + row * c->hd * esz, NULL, NULL, NULL, pos0, NULL, 0, 0};
     if (c->enc == KVP_TIER_Q8) {
         out->ks = (const float *)(const void *)(b + ks) + row;
         out->vs = (const float *)(const void *)(b + vs) + row;
@@ -243,6 +281,11 @@ static void kvp_tier_decode(const kvp_rows *r, int hd, const void *rows, const f
 void kvp_tier_read(const kvp_tier *c, int64_t id, int h, float *k, float *v) {
     kvp_rows r;
     kvp_tier_rows(c, id, h, 0, c->rec[id].n, 0, &r);
+    if (r.fmt == KVP_ROWS_KQ) {
+        kvp_kq_run_floats(&r, 0, k);
+        kvp_kq_run_floats(&r, 1, v);
+        return;
+    }
     kvp_tier_decode(&r, c->hd, r.k, r.ks, k);
     kvp_tier_decode(&r, c->hd, r.v, r.vs, v);
 }
@@ -267,6 +310,15 @@ int kvp_tier_get_f16(const kvp_tier *c, int64_t id, uint16_t *k, uint16_t *v) {
     free(xk);
     free(xv);
     return ok ? KVP_OK : kvp_seterr(KVP_ENOMEM, "out of memory reading the cold tier");
+}
+
+int kvp_tier_use_kq(kvp_tier *c, int kbits, int vbits) {
+    if (c->n_rec) return kvp_seterr(KVP_EINVAL, "the cold tier's encoding cannot change once it holds blocks");
+    char *semi = strrchr(c->spec, ';');
+    c->enc = KVP_TIER_KQ;
+    kvp_kq_fmt_init(&c->kq, kbits, vbits, c->hd);
+    if (semi) snprintf(semi + 1, sizeof c->spec - (size_t)(semi + 1 - c->spec), "k%dv%d", kbits, vbits);
+    return KVP_OK;
 }
 
 int kvp_tier_len(const kvp_tier *c, int64_t id) { return c->rec[id].n; }

@@ -156,6 +156,70 @@ void kvp_qt_put_v8(uint8_t *tile, int n_ch, int t, const uint8_t *codes) {
     for (int c = 0; c < n_ch; c++) tile[(size_t)(t / 4) * row + (size_t)c * 4 + t % 4] = codes[c];
 }
 
+/* Code k (< 32) of the unit at d (layout in kvq.h). */
+static int kvp_qt_unit_get(const uint8_t *d, int bits, int k) {
+    switch (bits) {
+    case 8: return d[k];
+    case 4: return k < 16 ? d[k] & 15 : d[k - 16] >> 4;
+    default: {
+        int c = (d[k % 8] >> (2 * (k / 8))) & 3;
+        return bits == 3 ? c | ((d[8 + k / 8] >> (k % 8)) & 1) << 2 : c;
+    }
+    }
+}
+
+static void kvp_qt_unit_set(uint8_t *d, int bits, int k, int code) {
+    switch (bits) {
+    case 8: d[k] = (uint8_t)code; break;
+    case 4:
+        if (k < 16) d[k] = (uint8_t)((d[k] & 0xf0) | (code & 15));
+        else d[k - 16] = (uint8_t)((d[k - 16] & 0x0f) | (code & 15) << 4);
+        break;
+    default: {
+        int sh = 2 * (k / 8);
+        d[k % 8] = (uint8_t)((d[k % 8] & ~(3 << sh)) | (code & 3) << sh);
+        if (bits == 3) d[8 + k / 8] = (uint8_t)((d[8 + k / 8] & ~(1 << (k % 8))) | ((code >> 2) & 1) << (k % 8));
+    }
+    }
+}
+
+/* The unit holding code (row r, lane index k) of a tile whose rows are row_bytes apart. */
+static size_t kvp_qt_unit_off(size_t row_bytes, int bits, int r, int k) {
+    return (size_t)r * row_bytes + (size_t)(k / KVP_KVQ_UNIT) * kvp_kvq_unit_bytes(bits);
+}
+
+void kvp_qt_get_k(const uint8_t *tile, int n_ch, int n_tok, int bits, int t, uint8_t *codes) {
+    size_t rb = (size_t)(n_tok / 8) * kvp_kvq_unit_bytes(bits);
+    for (int c = 0; c < n_ch; c++) {
+        int k = t * 4 + c % 4;
+        codes[c] = (uint8_t)kvp_qt_unit_get(tile + kvp_qt_unit_off(rb, bits, c / 4, k), bits, k % KVP_KVQ_UNIT);
+    }
+}
+
+void kvp_qt_set_k(uint8_t *tile, int n_ch, int n_tok, int bits, int t, const uint8_t *codes) {
+    size_t rb = (size_t)(n_tok / 8) * kvp_kvq_unit_bytes(bits);
+    for (int c = 0; c < n_ch; c++) {
+        int k = t * 4 + c % 4;
+        kvp_qt_unit_set(tile + kvp_qt_unit_off(rb, bits, c / 4, k), bits, k % KVP_KVQ_UNIT, codes[c]);
+    }
+}
+
+void kvp_qt_get_v(const uint8_t *tile, int n_ch, int bits, int t, uint8_t *codes) {
+    size_t rb = kvp_qt_vrow_bytes(n_ch, bits);
+    for (int c = 0; c < n_ch; c++) {
+        int k = c * 4 + t % 4;
+        codes[c] = (uint8_t)kvp_qt_unit_get(tile + kvp_qt_unit_off(rb, bits, t / 4, k), bits, k % KVP_KVQ_UNIT);
+    }
+}
+
+void kvp_qt_set_v(uint8_t *tile, int n_ch, int bits, int t, const uint8_t *codes) {
+    size_t rb = kvp_qt_vrow_bytes(n_ch, bits);
+    for (int c = 0; c < n_ch; c++) {
+        int k = c * 4 + t % 4;
+        kvp_qt_unit_set(tile + kvp_qt_unit_off(rb, bits, t / 4, k), bits, k % KVP_KVQ_UNIT, codes[c]);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * The window of recent tokens.
  * ------------------------------------------------------------------------------------- */

@@ -24,6 +24,7 @@
 
 typedef struct {
     float *q, *s, *y;  /* (rows, hd), (rows, lds), (rows, hd) */
+    void *kscr;        /* the packed-tile attention's scratch (quantized stores) */
     int *qpos;         /* (max(qb, window)) */
     int max_att;       /* the most rows one query attended to in this step */
 } kvp_ev_scratch;
@@ -34,6 +35,7 @@ typedef struct {
     const kvp_policy *pol;
     kvp_sel_cfg cfg;
     kvp_budget budget;
+    int quant; /* 1: the store holds KQ rows (kXvY) */
     int step_pos, step_n, qb, group, last_budget, max_att;
     /* the query window (KVP_SCORE_WINDOW): per layer `window` rows of q_dim, a ring */
     float *ring;
@@ -56,6 +58,7 @@ static void kvp_ev_scratch_free(kvp_kv_evict *c) {
         kvp_afree(c->scr[i].q);
         kvp_afree(c->scr[i].s);
         kvp_afree(c->scr[i].y);
+        kvp_afree(c->scr[i].kscr);
         free(c->scr[i].qpos);
         c->scr[i] = (kvp_ev_scratch){0};
     }
@@ -74,7 +77,8 @@ static int kvp_ev_scratch_fit(kvp_kv_evict *c, int rows, int lds) {
         s->y = kvp_amalloc(sizeof(float) * (size_t)rows * hd);
         s->s = kvp_amalloc(sizeof(float) * (size_t)rows * (size_t)lds);
         s->qpos = malloc(sizeof(int) * (size_t)rows);
-        if (!s->q || !s->y || !s->s || !s->qpos) {
+        s->kscr = c->quant ? kvp_amalloc(kvp_sel_kq_scratch(rows, (int)hd)) : NULL;
+        if (!s->q || !s->y || !s->s || !s->qpos || (c->quant && !s->kscr)) {
             c->scr_rows = c->scr_lds = 0;
             return kvp_seterr(KVP_ENOMEM, "out of memory for attention scratch (%d x %d)", rows, lds);
         }
@@ -151,13 +155,13 @@ static void kvp_ev_block(kvp_ev_job *j, kvp_ev_scratch *w, int h, int i0, int cn
     kvp_kv_evict *c = j->c;
     const kvp_kv_shape *s = &c->base.shape;
     kvp_tstream *st = kvp_tstore_stream(c->ts, j->layer, h);
-    kvp_rows run;
-    int nr = c->ts->vt->rows(c->ts, j->layer, h, &run, 1);
+    kvp_rows run[2];
+    int nr = c->ts->vt->rows(c->ts, j->layer, h, run, 2);
     for (int i = 0; i < cnt; i++) w->qpos[i] = j->pos + i0 + i;
     kvp_ev_gather(s, j->q, h, i0, cnt, w->q);
     kvp_attn_io io = {w->q, cnt * c->group, w->qpos, c->group, 1.0f / sqrtf((float)s->head_dim), w->s,
-                      c->scr_lds, w->y, NULL};
-    kvp_sel_attend(&run, nr, s->head_dim, &io);
+                      c->scr_lds, w->y, NULL, w->kscr};
+    kvp_sel_attend(run, nr, s->head_dim, &io);
     if (c->cfg.score == KVP_SCORE_ACC) kvp_ev_accumulate(w, cnt * c->group, c->scr_lds, st, c->ts->n_aux);
     int lo = 0; /* rows the last query saw: slots at positions <= its own */
     while (lo < st->n && st->pos[lo] <= j->pos + i0 + cnt - 1) lo++;
@@ -211,10 +215,10 @@ static void kvp_ev_window_score(kvp_kv_evict *c, kvp_ev_scratch *w, int layer, i
                    c->ring + ((size_t)layer * W + (size_t)slot) * (size_t)qd + (size_t)(h * g + r) * hd,
                    sizeof(float) * (size_t)hd);
     }
-    kvp_rows run;
-    int nr = c->ts->vt->rows(c->ts, layer, h, &run, 1);
-    kvp_attn_io io = {w->q, nw * g, w->qpos, g, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y, NULL};
-    kvp_sel_attend(&run, nr, hd, &io);
+    kvp_rows run[2];
+    int nr = c->ts->vt->rows(c->ts, layer, h, run, 2);
+    kvp_attn_io io = {w->q, nw * g, w->qpos, g, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y, NULL, w->kscr};
+    kvp_sel_attend(run, nr, hd, &io);
     memset(score, 0, sizeof(float) * (size_t)st->n);
     for (int r = 0; r < nw * g; r++)
         for (int t = 0; t < st->n; t++) score[t] += w->s[(size_t)r * c->scr_lds + t];
@@ -429,17 +433,33 @@ static int kvp_ev_alloc(kvp_kv_evict *c) {
     return c->ring && c->ring_pos && c->ring_n && c->ring_next ? KVP_OK : KVP_ENOMEM;
 }
 
-static int kvp_ev_init(kvp_kv_evict *c, const kvp_sel_params *p, kvp_sel_args *a) {
+/* Creates the token store that the storage spec names: "f16" (default), "f32", or KQ rows
+ * "kXvY[:rR]"; writes its canonical name to name. */
+static int kvp_ev_store(kvp_kv_evict *c, const char *kv, char *name, size_t cap) {
     const kvp_kv_shape *s = &c->base.shape;
+    int n_aux = c->cfg.score == KVP_SCORE_ACC;
+    if (kv && kv[0] == 'k') {
+        int kb, vb, r;
+        KVP_TRY(kvp_kq_spec_parse(kv, &kb, &vb, &r));
+        c->quant = 1;
+        snprintf(name, cap, "k%dv%d:r%d", kb, vb, r);
+        return kvp_tstore_kq_new(kb, vb, r, s->n_layers, s->n_kv_heads, s->head_dim, n_aux, &c->ts);
+    }
+    int type = !kv || !*kv || !strcmp(kv, "f16") ? KVP_TYPE_F16 : KVP_TYPE_F32;
+    snprintf(name, cap, "%s", type == KVP_TYPE_F16 ? "f16" : "f32");
+    return kvp_tstore_new(type, s->n_layers, s->n_kv_heads, s->head_dim, n_aux, &c->ts);
+}
+
+static int kvp_ev_init(kvp_kv_evict *c, const kvp_sel_params *p, kvp_sel_args *a) {
     KVP_TRY(c->pol->init(&c->cfg, a));
     KVP_TRY(kvp_sel_args_check(a));
     KVP_TRY(kvp_budget_parse(p->budget, &c->budget));
-    int type = !p->kv || !*p->kv || !strcmp(p->kv, "f16") ? KVP_TYPE_F16 : KVP_TYPE_F32;
-    KVP_TRY(kvp_tstore_new(type, s->n_layers, s->n_kv_heads, s->head_dim, c->cfg.score == KVP_SCORE_ACC, &c->ts));
+    char store[24];
+    KVP_TRY(kvp_ev_store(c, p->kv, store, sizeof store));
     if (kvp_ev_alloc(c) < 0) return kvp_seterr(KVP_ENOMEM, "out of memory creating the %s cache", c->pol->name);
     char sel[48];
     kvp_sel_canon(p->select, sel, sizeof sel);
-    snprintf(c->base.spec, sizeof c->base.spec, "%s+%s@%s", type == KVP_TYPE_F16 ? "f16" : "f32", sel, p->budget);
+    snprintf(c->base.spec, sizeof c->base.spec, "%.16s+%.45s@%s", store, sel, p->budget);
     return KVP_OK;
 }
 
@@ -506,9 +526,9 @@ int kvp_kv_select_new(const kvp_sel_params *p, const kvp_kv_shape *shape, kvp_po
         shape->head_dim <= 0 || shape->head_dim > KVP_SEL_MAX_HD || shape->n_heads % shape->n_kv_heads)
         return kvp_seterr(KVP_EINVAL, "bad KV cache shape for a selection policy (heads %d/%d, head dim %d <= %d)",
                           shape->n_heads, shape->n_kv_heads, shape->head_dim, KVP_SEL_MAX_HD);
-    if (p->kv && *p->kv && strcmp(p->kv, "f16") && strcmp(p->kv, "f32"))
-        return kvp_seterr(KVP_EUNSUPPORTED, "selection policies store f16 or f32 rows, not '%s' (docs/selection.md: "
-                                            "how compressed storage plugs in)", p->kv);
+    if (p->kv && *p->kv && strcmp(p->kv, "f16") && strcmp(p->kv, "f32") && p->kv[0] != 'k')
+        return kvp_seterr(KVP_EUNSUPPORTED, "selection policies store f16, f32 or KIVI-style kXvY[:rR] rows, not '%s'",
+                          p->kv);
     kvp_sel_args a;
     KVP_TRY(kvp_sel_args_parse(p->select, &a));
     if (!strcmp(a.name, "quest") || !strcmp(a.name, "sentencekv")) return kvp_kv_retr_new(p, &a, shape, pool, out);

@@ -100,14 +100,17 @@ void kvp_sel_values_q8(float *Y, int ldy, int ny, const float *P, int ldp, const
 /* ---- attention over runs ---- */
 
 /* S[j*lds + t] for the run's n rows and nq query rows (stride hd). */
-static void kvp_run_scores(const kvp_rows *r, int hd, const float *Q, int nq, float scale, float *S, int lds) {
-    if (r->fmt == KVP_ROWS_F32) kvp_attn_scores_f32(r->k, r->n, hd, Q, nq, hd, scale, S, lds);
+static void kvp_run_scores(const kvp_rows *r, int hd, const float *Q, int nq, float scale, float *S, int lds,
+                           void *kscr) {
+    if (r->fmt == KVP_ROWS_KQ) kvp_kq_run_scores(r, Q, nq, scale, S, lds, kscr);
+    else if (r->fmt == KVP_ROWS_F32) kvp_attn_scores_f32(r->k, r->n, hd, Q, nq, hd, scale, S, lds);
     else if (r->fmt == KVP_ROWS_F16) kvp_attn_scores_f16(r->k, r->n, hd, Q, nq, hd, scale, S, lds);
     else kvp_sel_scores_q8(r->k, r->ks, r->n, hd, Q, nq, hd, scale, S, lds);
 }
 
-static void kvp_run_values(const kvp_rows *r, int hd, const float *P, int nq, int lds, float *Y) {
-    if (r->fmt == KVP_ROWS_F32) kvp_attn_values_f32(Y, hd, nq, P, lds, r->v, r->n, hd);
+static void kvp_run_values(const kvp_rows *r, int hd, const float *P, int nq, int lds, float *Y, void *kscr) {
+    if (r->fmt == KVP_ROWS_KQ) kvp_kq_run_values(r, P, nq, lds, Y, kscr);
+    else if (r->fmt == KVP_ROWS_F32) kvp_attn_values_f32(Y, hd, nq, P, lds, r->v, r->n, hd);
     else if (r->fmt == KVP_ROWS_F16) kvp_attn_values_f16(Y, hd, nq, P, lds, r->v, r->n, hd);
     else kvp_sel_values_q8(Y, hd, nq, P, lds, r->v, r->vs, r->n, hd);
 }
@@ -141,6 +144,7 @@ static size_t kvp_run_row_bytes(const kvp_rows *r, int hd) {
 }
 
 static void kvp_run_prefetch(const kvp_rows *r, int hd, int val) {
+    if (r->fmt == KVP_ROWS_KQ) return; /* tiles: read in order by the kernels */
     const char *p = val ? r->v : r->k;
     size_t bytes = (size_t)r->n * kvp_run_row_bytes(r, hd);
     for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
@@ -151,7 +155,8 @@ static void kvp_run_prefetch(const kvp_rows *r, int hd, int val) {
 static void kvp_run_floats(const kvp_rows *r, int hd, int val, float *x) {
     const void *src = val ? r->v : r->k;
     size_t cnt = (size_t)r->n * (size_t)hd;
-    if (r->fmt == KVP_ROWS_F32) memcpy(x, src, sizeof(float) * cnt);
+    if (r->fmt == KVP_ROWS_KQ) kvp_kq_run_floats(r, val, x);
+    else if (r->fmt == KVP_ROWS_F32) memcpy(x, src, sizeof(float) * cnt);
     else if (r->fmt == KVP_ROWS_F16) kvp_f16_to_f32_row(src, x, (int)cnt);
     else kvp_sel_dequant_q8(src, val ? r->vs : r->ks, r->n, hd, x);
 }
@@ -200,7 +205,7 @@ int kvp_sel_attend(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *
     for (int i = 0; i < n_runs; i++) {
         if (runs[i].n <= 0) continue;
         kvp_run_prefetch(&runs[i], hd, 1);
-        kvp_run_scores(&runs[i], hd, io->q, io->nq, io->scale, io->s + total, io->lds);
+        kvp_run_scores(&runs[i], hd, io->q, io->nq, io->scale, io->s + total, io->lds, io->kscr);
         total += runs[i].n;
     }
     kvp_runs_mask(runs, n_runs, io);
@@ -208,7 +213,7 @@ int kvp_sel_attend(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *
     memset(io->y, 0, sizeof(float) * (size_t)io->nq * (size_t)hd);
     for (int i = 0, off = 0; i < n_runs; i++) {
         if (runs[i].n <= 0) continue;
-        kvp_run_values(&runs[i], hd, io->s + off, io->nq, io->lds, io->y);
+        kvp_run_values(&runs[i], hd, io->s + off, io->nq, io->lds, io->y, io->kscr);
         off += runs[i].n;
     }
     return total;

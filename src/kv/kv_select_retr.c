@@ -59,6 +59,8 @@ typedef struct {
     float *qsum, *mq;       /* SentenceKV: [layer] (q_dim) sums; this step's mean queries (n, q_dim) */
     int *qcnt, *qblk, mq_cap;
     kvp_tier *cold;
+    int kq_name;      /* 1: storage kXvY (hot rows F16, cold tier KQ tiles), named kv_name */
+    char kv_name[16];
     int step_pos, step_n, last_budget, max_att;
     kvp_rt_scratch *scr;
     int n_scr, scr_lds, scr_blk;
@@ -335,7 +337,7 @@ static void kvp_rt_view(const kvp_kv_retr *c, int layer, int b, int h, int r0, i
     size_t off = (size_t)r0 * kvp_rt_row_bytes(c);
     *out = (kvp_rows){c->type == KVP_TYPE_F32 ? KVP_ROWS_F32 : KVP_ROWS_F16, cnt,
                       kvp_rt_rows_of(c, layer, b, h, 0) + off, kvp_rt_rows_of(c, layer, b, h, 1) + off,
-                      NULL, NULL, NULL, p0};
+                      NULL, NULL, NULL, p0, NULL, 0, 0};
 }
 
 /* Pooled scores of blocks [b0, b0 + nb) for the group's query rows Q (group, hd): Quest's
@@ -402,7 +404,7 @@ static void kvp_rt_scatter(const kvp_kv_retr *c, const float *rows, int i, int h
 static kvp_rows kvp_rt_sink_run(const kvp_kv_retr *c, int layer, int h, int ns) {
     size_t rb = kvp_rt_row_bytes(c), vo = (size_t)c->base.shape.n_kv_heads * c->sinks * rb;
     const uint8_t *K = c->sink[layer] + (size_t)h * c->sinks * rb;
-    return (kvp_rows){c->type == KVP_TYPE_F32 ? KVP_ROWS_F32 : KVP_ROWS_F16, ns, K, K + vo, NULL, NULL, NULL, 0};
+    return (kvp_rows){c->type == KVP_TYPE_F32 ? KVP_ROWS_F32 : KVP_ROWS_F16, ns, K, K + vo, NULL, NULL, NULL, 0, NULL, 0, 0};
 }
 
 /* One task: query i of the step and KV head h: choose, then attend. */
@@ -418,7 +420,7 @@ static void kvp_rt_task(void *arg, int chunk, int thread) {
     nr = kvp_rt_recent(c, w, j->layer, h, rs, p, nr);
     kvp_rt_gather(c, w->q, i, h, j->q);
     w->qpos = p;
-    kvp_attn_io io = {w->q, c->group, &w->qpos, c->group, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y, w->rows};
+    kvp_attn_io io = {w->q, c->group, &w->qpos, c->group, 1.0f / sqrtf((float)hd), w->s, c->scr_lds, w->y, w->rows, NULL};
     w->max_att = KVP_MAX(w->max_att, kvp_sel_attend(w->runs, nr, hd, &io));
     kvp_rt_scatter(c, w->y, i, h, j->out);
 }
@@ -658,8 +660,28 @@ static int kvp_rt_params(kvp_kv_retr *c, const kvp_sel_params *p, kvp_sel_args *
     }
     KVP_TRY(kvp_sel_args_check(a));
     KVP_TRY(kvp_budget_parse(p->budget, &c->budget));
-    c->type = !p->kv || !*p->kv || !strcmp(p->kv, "f16") ? KVP_TYPE_F16 : KVP_TYPE_F32;
+    c->type = !p->kv || !*p->kv || !strcmp(p->kv, "f16") || p->kv[0] == 'k' ? KVP_TYPE_F16 : KVP_TYPE_F32;
     c->esz = c->type == KVP_TYPE_F16 ? 2 : 4;
+    return KVP_OK;
+}
+
+/* Storage kXvY[:rR]: the hot rows stay F16 (they are the recent window: R does not apply)
+ * and the cold tier keeps KQ tiles. The cold spec to open, in cold (cap bytes): p->cold
+ * without its encoding, which may only repeat kXvY (the canonical form names it). */
+static int kvp_rt_cold_kq(kvp_kv_retr *c, const kvp_sel_params *p, char *cold, size_t cap) {
+    int kb, vb, r;
+    snprintf(cold, cap, "%s", p->cold ? p->cold : "");
+    if (!p->kv || p->kv[0] != 'k') return KVP_OK;
+    KVP_TRY(kvp_kq_spec_parse(p->kv, &kb, &vb, &r));
+    c->kq_name = 1;
+    snprintf(c->kv_name, sizeof c->kv_name, "k%dv%d", kb, vb);
+    char *e = cold + strlen(cold);
+    while (e > cold && e[-1] != ',' && e[-1] != ';') e--;
+    if (e > cold && (!strcmp(e, "f16") || !strcmp(e, "q8") || e[0] == 'k')) {
+        if (strcmp(e, c->kv_name))
+            return kvp_seterr(KVP_EINVAL, "--kv %s stores the cold tier as %s, not %s", p->kv, c->kv_name, e);
+        e[-1] = 0;
+    }
     return KVP_OK;
 }
 
@@ -697,11 +719,14 @@ static int kvp_rt_init(kvp_kv_retr *c, const kvp_sel_params *p, kvp_sel_args *a)
     c->scr_lds = kvp_budget_at(&c->budget, s->n_ctx) + 64;
     KVP_TRY(kvp_rt_grow(c, 64));
     KVP_TRY(kvp_rt_scratch_fit(c));
-    KVP_TRY(kvp_tier_new(p->cold, s->n_kv_heads, s->head_dim, &c->cold));
+    char cold[512];
+    KVP_TRY(kvp_rt_cold_kq(c, p, cold, sizeof cold));
+    KVP_TRY(kvp_tier_new(cold, s->n_kv_heads, s->head_dim, &c->cold));
+    if (c->kq_name) KVP_TRY(kvp_tier_use_kq(c->cold, c->kv_name[1] - '0', c->kv_name[3] - '0'));
     char sel[48];
     kvp_sel_canon(p->select, sel, sizeof sel);
-    snprintf(c->base.spec, sizeof c->base.spec, "%s+%s@%s@%s", c->type == KVP_TYPE_F16 ? "f16" : "f32", sel,
-             p->budget, kvp_tier_spec(c->cold));
+    snprintf(c->base.spec, sizeof c->base.spec, "%.10s+%.40s@%s@%s", c->kq_name ? c->kv_name : c->type == KVP_TYPE_F16 ? "f16" : "f32",
+             sel, p->budget, kvp_tier_spec(c->cold));
     return KVP_OK;
 }
 

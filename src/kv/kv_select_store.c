@@ -66,7 +66,7 @@ static int kvp_ts_rows(const kvp_tstore *ts, int layer, int h, kvp_rows *out, in
     const kvp_tstream *st = kvp_tstore_stream(ts, layer, h);
     if (cap < 1) return 0;
     *out = (kvp_rows){s->type == KVP_TYPE_F32 ? KVP_ROWS_F32 : KVP_ROWS_F16, st->n, st->k, st->v, NULL, NULL,
-                      st->pos, 0};
+                      st->pos, 0, NULL, 0, 0};
     return 1;
 }
 

@@ -53,13 +53,18 @@ const kvp_policy kvp_policy_snapkv = {"snapkv", kvp_snapkv_init, NULL, kvp_snapk
 
 /* ---- PyramidKV ---- */
 
-void kvp_pyramid_budgets(int n_layers, int budget, int window, int beta, int *per_layer) {
+void kvp_pyramid_budgets(int n_layers, int budget, int window, int beta, int span, int *per_layer) {
     int win = KVP_MIN(window, budget), above = budget - win;
     if (n_layers == 1 || above <= 0) {
         for (int l = 0; l < n_layers; l++) per_layer[l] = budget;
         return;
     }
     double lo = (double)above / beta, hi = 2.0 * above - lo;
+    if (span > n_layers) { /* the paper's fall per layer, over the model's fewer layers */
+        double half = (hi - lo) / (span - 1) * (n_layers - 1) / 2;
+        lo = above - half;
+        hi = above + half;
+    }
     long used = 0;
     for (int l = 0; l < n_layers; l++) { /* floor keeps the sum within n_layers * above */
         per_layer[l] = (int)(hi - (hi - lo) * l / (n_layers - 1) + 1e-9);
@@ -71,11 +76,12 @@ void kvp_pyramid_budgets(int n_layers, int budget, int window, int beta, int *pe
 
 static int kvp_pyramid_init(kvp_sel_cfg *cfg, kvp_sel_args *a) {
     KVP_TRY(kvp_snapkv_init(cfg, a));
+    KVP_TRY(kvp_sel_arg_int(a, "span", 32, 0, 4096, &cfg->span));
     return kvp_sel_arg_int(a, "beta", 20, 1, 1000, &cfg->beta);
 }
 
 static void kvp_pyramid_budgets_view(const kvp_sel_view *v, int budget, int *per_layer) {
-    kvp_pyramid_budgets(v->n_layers, budget, v->cfg->window, v->cfg->beta, per_layer);
+    kvp_pyramid_budgets(v->n_layers, budget, v->cfg->window, v->cfg->beta, v->cfg->span, per_layer);
 }
 
 const kvp_policy kvp_policy_pyramid = {"pyramidkv", kvp_pyramid_init, kvp_pyramid_budgets_view, kvp_snapkv_pick};

@@ -72,6 +72,14 @@ void kvp_qt_unpack_v(const uint8_t *tile, int n_tok, int n_ch, int bits, uint8_t
 void kvp_qt_put_k8(uint8_t *tile, int n_ch, int n_tok, int t, const uint8_t *codes);
 void kvp_qt_put_v8(uint8_t *tile, int n_ch, int t, const uint8_t *codes);
 
+/* Reads (or writes) the codes of token slot t, one per channel (n_ch), of a key tile of
+ * n_tok tokens or of a value tile, at any bit width (value codes as stored). O(n_ch): for
+ * moving single tokens between slots; whole tiles go through pack and unpack. */
+void kvp_qt_get_k(const uint8_t *tile, int n_ch, int n_tok, int bits, int t, uint8_t *codes);
+void kvp_qt_set_k(uint8_t *tile, int n_ch, int n_tok, int bits, int t, const uint8_t *codes);
+void kvp_qt_get_v(const uint8_t *tile, int n_ch, int bits, int t, uint8_t *codes);
+void kvp_qt_set_v(uint8_t *tile, int n_ch, int bits, int t, const uint8_t *codes);
+
 /* The stored byte of a value code (8-bit codes are stored signed), and back. */
 static inline uint8_t kvp_qt_vstore(int code, int bits) { return (uint8_t)(bits == 8 ? code - 128 : code); }
 static inline int kvp_qt_vload(uint8_t b, int bits) { return bits == 8 ? (int)(int8_t)b + 128 : (int)b; }

@@ -13,12 +13,12 @@
  *
  * Layers, from the bottom:
  *   kvp_rows + kvp_sel_attend   attention of a group of query rows over a list of runs of
- *                               cached rows (F32, F16 or 8-bit), each row with its original
+ *                               cached rows (F32, F16, 8-bit or KQ), each row with its original
  *                               position; the one attention routine of both caches.
  *   kvp_tstore                  the token store: per (layer, KV head) a dense, position-
  *                               ordered array of slots; append, view as runs, compact, bytes.
- *                               Implemented for F16/F32 rows; a quantized store plugs in by
- *                               producing runs of its own format (docs/selection.md).
+ *                               Two stores: F16/F32 rows, and KQ tiles (the KIVI bit widths,
+ *                               kv_select_qstore.c), whose runs the packed-tile kernels attend.
  *   kvp_policy                  a policy: what it scores tokens by, how it splits the budget
  *                               over layers, and which slots of a layer it keeps. Pure
  *                               functions over a kvp_sel_view, tested on hand-made inputs.
@@ -75,15 +75,39 @@ int kvp_sel_args_check(const kvp_sel_args *a);
 /* ---------------------------------------------------------------------------------------
  * Runs of cached rows and the attention over them.
  * ------------------------------------------------------------------------------------- */
-enum { KVP_ROWS_F32 = 0, KVP_ROWS_F16 = 1, KVP_ROWS_Q8 = 2 };
+enum { KVP_ROWS_F32 = 0, KVP_ROWS_F16 = 1, KVP_ROWS_Q8 = 2, KVP_ROWS_KQ = 3 };
+
+/* Rows quantized to low-bit codes in the packed tiles of kernels/kvq.h at the KIVI bit
+ * widths (docs/selection.md, "Selection on quantized storage"). A run is a list of tiles of
+ * KVP_KQ_T lanes, each lane holding one row or empty (dead): keys quantized per channel
+ * over the tile's lanes (KIVI's grouping, two-level 8-bit scale and minimum codes, quant.h),
+ * values per lane and group of 32 channels (F16 scale and minimum). The run's rows are the
+ * live lanes in tile order. */
+#define KVP_KQ_T 16
+typedef struct kvp_kq_fmt {
+    int kbits, vbits, hd, gph;
+    size_t ktile, kpar, vtile, vpar; /* bytes of the parts of a tile */
+    size_t off_kp, off_vt, off_vp, bytes; /* offsets of the parts in a tile's memory, total */
+} kvp_kq_fmt;
+
+typedef struct kvp_kq_tile {
+    uint8_t *mem;   /* key tile | key parameters | value tile | value parameters (fmt offsets) */
+    uint32_t live;  /* bit t: lane t holds a row */
+} kvp_kq_tile;
 
 typedef struct kvp_rows {
     int fmt;               /* KVP_ROWS_* */
     int n;                 /* rows in the run */
-    const void *k, *v;     /* (n, hd) keys and values: float, uint16_t (F16) or int8_t */
+    const void *k, *v;     /* (n, hd) keys and values: float, uint16_t (F16) or int8_t;
+                            * KQ: k is the run's tiles (kvp_kq_tile), v unused */
     const float *ks, *vs;  /* Q8 only: one scale per row, value = scale * int8 */
     const int *pos;        /* ascending original position of each row, or NULL: pos0 + t */
     int pos0;
+    const kvp_kq_fmt *kq;  /* KQ only: the format; k points to n_tiles kvp_kq_tile whose live
+                            * lanes are the n rows; or, with n_tiles 0, k is tile memory
+                            * (fmt->bytes per tile, every lane live, as the cold tier keeps
+                            * blocks) and the rows are lanes [t0, t0 + n) */
+    int n_tiles, t0;
 } kvp_rows;
 
 typedef struct kvp_attn_io {
@@ -97,7 +121,30 @@ typedef struct kvp_attn_io {
     float *y;        /* (nq, hd) output */
     float *buf;      /* NULL, or scratch (lds, hd): the runs' keys, then values, are gathered
                       * into it as floats and attended with one kernel call each */
+    void *kscr;      /* without buf, for KQ runs: kvp_sel_kq_scratch(nq, hd) bytes, 64-aligned */
 } kvp_attn_io;
+
+/* Bytes of scratch the packed-tile attention of KQ runs needs for nq query rows. */
+size_t kvp_sel_kq_scratch(int nq, int hd);
+/* KQ tiles: makes tile t (mem of fmt->bytes) from n <= KVP_KQ_T rows k, v (n, hd) in lanes
+ * [0, n); reads lane `lane` back as floats. */
+void kvp_kq_tile_make(const kvp_kq_fmt *f, kvp_kq_tile *t, const float *k, const float *v, int n);
+void kvp_kq_tile_read(const kvp_kq_fmt *f, const kvp_kq_tile *t, int lane, float *k, float *v);
+/* Merges the live lanes of tiles a and b (a's first, at most KVP_KQ_T together) into a:
+ * values move code for code, keys are re-quantized per channel over the merged rows from
+ * the values their codes represent. b is left empty. */
+void kvp_kq_tile_merge(const kvp_kq_fmt *f, kvp_kq_tile *a, kvp_kq_tile *b);
+/* The pieces of kvp_sel_attend for a KQ run: scores S (nq, lds)
+ * of query rows Q (nq, hd); Y (nq, hd) += P (nq, lds) times the values, both through the
+ * packed-tile kernels with scratch scr; the keys (val 0) or values as floats, x (n, hd). */
+void kvp_kq_run_scores(const kvp_rows *r, const float *Q, int nq, float scale, float *S, int lds, void *scr);
+void kvp_kq_run_values(const kvp_rows *r, const float *P, int nq, int lds, float *Y, void *scr);
+void kvp_kq_run_floats(const kvp_rows *r, int val, float *x);
+/* The format of kXvY rows of head dimension hd (bits in 2, 3, 4, 8). */
+void kvp_kq_fmt_init(kvp_kq_fmt *f, int kbits, int vbits, int hd);
+/* Parses a storage spec "kXvY[:rR]" (the KIVI spec's bit widths and recent window, R
+ * default 128). KVP_EINVAL for anything else (the message names what is accepted). */
+int kvp_kq_spec_parse(const char *spec, int *kbits, int *vbits, int *recent);
 
 /* Causal attention of io->nq query rows over the runs, taken in order as one sequence of
  * rows: row t of the sequence is visible to query row r iff its position <= qpos[r/group].
@@ -166,6 +213,10 @@ static inline kvp_tstream *kvp_tstore_stream(const kvp_tstore *ts, int layer, in
 
 /* A store of F32 or F16 rows (type KVP_TYPE_F32 or KVP_TYPE_F16). */
 int kvp_tstore_new(int type, int n_layers, int n_kv_heads, int head_dim, int n_aux, kvp_tstore **out);
+/* A store of KQ rows (kXvY) with the `recent` latest positions of every stream in F16
+ * (kv_select_qstore.c): its runs are the quantized slots, then the F16 ones. */
+int kvp_tstore_kq_new(int kbits, int vbits, int recent, int n_layers, int n_kv_heads, int head_dim,
+                      int n_aux, kvp_tstore **out);
 
 /* ---------------------------------------------------------------------------------------
  * Eviction policies.
@@ -179,7 +230,8 @@ typedef struct kvp_sel_cfg {
     int recent;  /* most recent tokens always kept (H2O, StreamingLLM); -1 = half the budget */
     int window;  /* SnapKV observation window: queries scored and tokens always kept */
     int kernel;  /* SnapKV pooling width (odd); 1 = none */
-    int beta;    /* PyramidKV: the last layer gets 1/beta of the first's share */
+    int beta;    /* PyramidKV: the last layer gets 1/beta of the first's share... */
+    int span;    /* ...of a model of `span` layers (default 32); fewer layers keep its fall per layer */
     int share;   /* KVCrush: percent of the budget for representatives */
 } kvp_sel_cfg;
 
@@ -222,8 +274,11 @@ int kvp_count_sinks(const int *pos, int n, int sinks);
 void kvp_snapkv_pick_stream(const float *score, const int *pos, int n, int budget, int sinks, int window,
                             int kernel, uint8_t *keep);
 /* PyramidKV's linear schedule: per_layer[l] for a mean of `budget` tokens, `window` of them
- * the observation window in every layer, the last layer's share 1/beta of the first's. */
-void kvp_pyramid_budgets(int n_layers, int budget, int window, int beta, int *per_layer);
+ * the observation window in every layer; over `span` layers the last layer's share above
+ * the window is 1/beta of the first's (the paper's schedule); a model of fewer layers
+ * (n_layers < span) keeps the same fall per layer around the mean (span 0: the model's
+ * own first and last layers get the paper's end points, however few layers it has). */
+void kvp_pyramid_budgets(int n_layers, int budget, int window, int beta, int span, int *per_layer);
 /* KVCrush: the signature of every slot of a layer: bit h = 1 when the slot is in KV head h's
  * top half by score[h] (the first ceil(n/2) by score, ties to the later position; heads past
  * 32 are ignored). pos: the layer's ascending positions. */

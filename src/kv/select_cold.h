@@ -14,10 +14,13 @@
  *                  closes.
  * Encodings (spec suffix ",q8" or ",f16", or with ';'): q8 (default): 8 bits per value, one float scale
  *                  per token and head (kvp_sel_quant_q8), about half the bytes of F16;
- *                  f16: the hot tier's F16 rows, bit for bit.
+ *                  f16: the hot tier's F16 rows, bit for bit;
+ *                  kXvY (kvp_tier_use_kq, for a cache whose storage is kXvY): KQ tiles
+ *                  (select.h), keys per channel over each tile, values per token.
  * Record layout, per block, each part 64-byte aligned:
  *   q8:  K scales (nh, n) float | V scales (nh, n) float | K (nh, n, hd) int8 | V (nh, n, hd) int8
  *   f16: K (nh, n, hd) uint16 | V (nh, n, hd) uint16
+ *   kXvY: per head, ceil(n / 16) KQ tiles (rows 16 i .. 16 i + 15 in tile i)
  */
 #ifndef KVP_SELECT_COLD_H
 #define KVP_SELECT_COLD_H
@@ -26,13 +29,15 @@
 
 #include "kv/select.h"
 
-enum { KVP_TIER_Q8 = 0, KVP_TIER_F16 = 1 };
+enum { KVP_TIER_Q8 = 0, KVP_TIER_F16 = 1, KVP_TIER_KQ = 2 };
 
 typedef struct kvp_tier kvp_tier;
 
 /* Opens a cold tier for blocks of nh heads of hd values. spec: NULL or "" = "mem". */
 int kvp_tier_new(const char *spec, int nh, int hd, kvp_tier **out);
 void kvp_tier_free(kvp_tier *c); /* accepts NULL; removes the backing file */
+/* Switches a new tier's encoding to KQ tiles of kXvY (its spec then ends in ";kXvY"). */
+int kvp_tier_use_kq(kvp_tier *c, int kbits, int vbits);
 
 /* Stores a block of n tokens: K and V of head h, token t at k + (h * stride + t) * hd, in
  * `type` (KVP_TYPE_F16 or KVP_TYPE_F32). Sets *id to the block's number (0, 1, 2, ...). */
