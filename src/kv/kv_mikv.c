@@ -24,10 +24,13 @@
  *
  * Importance, per layer, KV head and block: the attention its tokens receive, summed over
  * the query heads that share the KV head and over every query so far (H2O's accumulated
- * attention, GQA-pooled), starting with what they received in the window. The newest
- * ceil(W / G) blocks stay high (recency is importance that accumulated attention has not
- * seen yet); of the older ones, the P% of all blocks with the most importance stay high,
- * the least important high block being demoted whenever the share is exceeded.
+ * attention, GQA-pooled), starting with what they received in the window, and divided by
+ * the number of queries that have seen them: H2O's sum favours old blocks, which have been
+ * seen by more queries (on sotu-1M at 20% high without the recent blocks, mean KL 2.3e-3
+ * with the sum against 4.1e-4 with the mean). The newest ceil(W / G) blocks stay high
+ * (recency is importance the past queries cannot show yet); of the older ones, the P% of
+ * all blocks with the most importance stay high, the least important high block being
+ * demoted whenever the share is exceeded.
  *
  * Granularity. Importance and precision are per block of G tokens and KV head rather than
  * per token: the residual then needs no positions, slot masks or per-token parameters (2
@@ -149,13 +152,22 @@ static void kvp_mikv_demote(kvp_kv_kivi *c, int layer, int h, int b) {
     *slot = -1;
 }
 
+/* The importance of block b with accumulated attention imp, per query that has seen it: the
+ * mean number of queries its tokens have seen so far is n_pos - b G - (G - 1) / 2. */
+static float kvp_mikv_score(const kvp_kv_kivi *c, int b, float imp) {
+    float seen = (float)(c->step_pos + c->step_n - b * c->p.G) - 0.5f * (float)(c->p.G - 1);
+    return imp / KVP_MAX(seen, 1.0f);
+}
+
 /* The least important high block among blocks [0, n) of (layer, h), or -1 (ties: older). */
 static int kvp_mikv_least(const kvp_kv_kivi *c, int layer, int h, int n) {
     int best = -1;
-    for (int b = 0; b < n; b++)
-        if (*kvp_mikv_slot(c, layer, h, b) >= 0 &&
-            (best < 0 || *kvp_mikv_imp(c, layer, h, b) < *kvp_mikv_imp(c, layer, h, best)))
-            best = b;
+    float least = 0;
+    for (int b = 0; b < n; b++) {
+        if (*kvp_mikv_slot(c, layer, h, b) < 0) continue;
+        float sc = kvp_mikv_score(c, b, *kvp_mikv_imp(c, layer, h, b));
+        if (best < 0 || sc < least) best = b, least = sc;
+    }
     return best;
 }
 
@@ -168,7 +180,9 @@ static int kvp_mikv_balance(kvp_kv_kivi *c, int layer, int h, int b, float imp) 
     for (int i = 0; i < n_old; i++) n_high += *kvp_mikv_slot(c, layer, h, i) >= 0;
     for (; n_high > cap; n_high--) {
         int least = kvp_mikv_least(c, layer, h, n_old);
-        if (old > b && high && (least < 0 || imp <= *kvp_mikv_imp(c, layer, h, least))) high = 0;
+        if (old > b && high &&
+            (least < 0 || kvp_mikv_score(c, b, imp) <= kvp_mikv_score(c, least, *kvp_mikv_imp(c, layer, h, least))))
+            high = 0;
         else kvp_mikv_demote(c, layer, h, least);
     }
     return high;
