@@ -89,11 +89,12 @@ int kvp_mikv_hi_age(kvp_kv_kivi *c, int layer, int b, const float *kf, const flo
 /* Attention: adds the residual scores (or values) of block b of head h when it is high. */
 void kvp_mikv_hi_scores(const kvp_kv_kivi *c, const kvp_kivi_scr *x, int layer, int b, int h, int rows);
 void kvp_mikv_hi_values(const kvp_kv_kivi *c, const kvp_kivi_scr *x, int layer, int b, int h, int rows);
-/* Importance: the task `task` adds its rows' attention (x->S, n_cols columns) to its part;
- * attend() prepares the parts before and absorbs them, task by task in order, after. */
-int kvp_mikv_hi_prepare(kvp_kv_kivi *c, int layer, int n_tasks);
+/* Importance: task `task` (KV head task / n_qblocks) adds its rows' attention (x->S, n_cols
+ * columns) to its part; attend() prepares the parts of its n_kv_heads * n_qblocks tasks
+ * before and absorbs them after, task by task in order (independent of the threads). */
+int kvp_mikv_hi_prepare(kvp_kv_kivi *c, int layer, int n_qblocks);
 void kvp_mikv_hi_collect(const kvp_kv_kivi *c, const kvp_kivi_scr *x, int layer, int task, int rows, int n_cols);
-void kvp_mikv_hi_absorb(kvp_kv_kivi *c, int layer, int n_qblocks);
+void kvp_mikv_hi_absorb(kvp_kv_kivi *c, int layer);
 /* Adds the residuals of head h in block b, when it is high, to the block's dequantized keys
  * (transformed basis) and values k, v (G, kv_dim). */
 void kvp_mikv_hi_read(const kvp_kv_kivi *c, int layer, int b, int h, float *k, float *v);

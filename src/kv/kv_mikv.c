@@ -61,7 +61,7 @@ struct kvp_mikv_hi {
     int *wcap;
     float *part;     /* importance gathered by the attention tasks of a step */
     size_t part_cap;
-    int part_stride;
+    int part_stride, n_qblocks;
 };
 
 /* ---------------------------------------------------------------------------------------
@@ -301,10 +301,11 @@ void kvp_mikv_hi_values(const kvp_kv_kivi *c, const kvp_kivi_scr *x, int layer, 
     }
 }
 
-int kvp_mikv_hi_prepare(kvp_kv_kivi *c, int layer, int n_tasks) {
+int kvp_mikv_hi_prepare(kvp_kv_kivi *c, int layer, int n_qblocks) {
     kvp_mikv_hi *hi = c->hi;
     hi->part_stride = c->n_blocks + c->win[layer].n;
-    size_t need = (size_t)hi->part_stride * (size_t)n_tasks;
+    hi->n_qblocks = n_qblocks;
+    size_t need = (size_t)hi->part_stride * (size_t)(c->nkv * n_qblocks);
     if (need > hi->part_cap) {
         float *p = realloc(hi->part, sizeof(float) * need);
         if (!p) return kvp_seterr(KVP_ENOMEM, "out of memory (MiKV importance)");
@@ -318,16 +319,17 @@ int kvp_mikv_hi_prepare(kvp_kv_kivi *c, int layer, int n_tasks) {
 void kvp_mikv_hi_collect(const kvp_kv_kivi *c, const kvp_kivi_scr *x, int layer, int task, int rows, int n_cols) {
     float *part = c->hi->part + (size_t)task * c->hi->part_stride;
     int G = c->p.G, nq = c->n_blocks * G;
-    for (int r = 0; r < rows; r++) {
-        const float *row = x->S + (size_t)r * c->lds;
-        for (int b = 0; b < c->n_blocks; b++)
-            for (int t = 0; t < G; t++) part[b] += row[b * G + t];
-        for (int t = nq; t < n_cols; t++) part[c->n_blocks + t - nq] += row[t];
-    }
+    int h = task / c->hi->n_qblocks;
+    for (int b = 0; b < c->n_blocks; b++) /* only high blocks keep an importance */
+        for (int r = 0; r < rows && *kvp_mikv_slot(c, layer, h, b) >= 0; r++)
+            for (int t = 0; t < G; t++) part[b] += x->S[(size_t)r * c->lds + (size_t)b * G + (size_t)t];
+    for (int r = 0; r < rows; r++)
+        for (int t = nq; t < n_cols; t++) part[c->n_blocks + t - nq] += x->S[(size_t)r * c->lds + (size_t)t];
 }
 
-void kvp_mikv_hi_absorb(kvp_kv_kivi *c, int layer, int n_qblocks) {
+void kvp_mikv_hi_absorb(kvp_kv_kivi *c, int layer) {
     kvp_mikv_hi *hi = c->hi;
+    int n_qblocks = hi->n_qblocks;
     for (int h = 0; h < c->nkv; h++) {
         float *wi = hi->wimp[layer] + (size_t)h * hi->wcap[layer];
         for (int q = 0; q < n_qblocks; q++) {

@@ -29,6 +29,10 @@
  * bytes, and the minimums become a bias; per block and value group, the attention weights
  * are multiplied by the per-token scales and rounded to bytes, and the minimums become a
  * bias (see kvq.h for the rounding).
+ *
+ * MiKV (kv_mikv.c) is this cache at L bits with a high tier of residual tiles on top: when
+ * c->hi is set, the kvp_mikv_hi_* hooks of kivi.h run as blocks are made, attended, read,
+ * truncated and counted.
  */
 #include <math.h>
 #include <stdio.h>
@@ -408,9 +412,9 @@ static int kvp_kivi_attend(kvp_kv *kv, int layer, int pos, int n, const float *q
     kvp_kv_kivi *c = (kvp_kv_kivi *)kv;
     kvp_kx_observe(&c->kx, layer, n, NULL, q);
     kvp_kivi_job j = {c, layer, pos, n, (n + c->qb - 1) / c->qb, q, out};
-    if (c->hi) KVP_TRY(kvp_mikv_hi_prepare(c, layer, c->nkv * j.n_qblocks));
+    if (c->hi) KVP_TRY(kvp_mikv_hi_prepare(c, layer, j.n_qblocks));
     kvp_pool_run(kv->pool, kvp_kivi_task, &j, c->nkv * j.n_qblocks);
-    if (c->hi) kvp_mikv_hi_absorb(c, layer, j.n_qblocks);
+    if (c->hi) kvp_mikv_hi_absorb(c, layer);
     return KVP_OK;
 }
 
