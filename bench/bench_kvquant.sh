@@ -1,9 +1,10 @@
 #!/bin/sh
 # bench_kvquant.sh: the figures of docs/kv-quant.md, reproducible.
 #
-#   bench/bench_kvquant.sh [fidelity|llamacpp|recall|bits|speed|all]   (default: all)
+#   bench/bench_kvquant.sh [fidelity|mikv|llamacpp|recall|bits|speed|all]   (default: all)
 #
 # fidelity  kvpack eval of KIVI and MiKV caches against the F32 cache on the shared models
+# mikv      MiKV against uniform 3-bit KIVI (and 2-, 4-bit) at comparable bytes, every model
 # llamacpp  the same text through llama.cpp's llama-perplexity with q4_0 K and V caches
 #           (LLAMA_BIN, default /work/llamacpp/build/bin), scored as kvpack scores it
 # recall    key-value recall (kvrecall-format.txt suites) on kvrecall-hand and kvrecall
@@ -24,16 +25,25 @@ fidelity() {
     echo "== sotu-1M, tests/data/address.txt, chunks of 512, second half scored (as llama-perplexity)"
     $K eval -m "$M/sotu-1M.gguf" -f tests/data/address.txt -c 512 --skip 256 \
         --kv f16,k8v8,k4v4,k4v4:r0,k3v3,k3v3:r0,k2v2,k2v2:r0
-    echo "== sotu-1M, chunks of 1024: uniform 3-bit against MiKV at comparable bytes"
-    $K eval -m "$M/sotu-1M.gguf" -f tests/data/address.txt -c 1024 \
-        --kv k3v3:r32,k3v3:r0,k2v2:r32,mikv,mikv:p10,mikv:p50,mikv:l3
     echo "== stories260K (head dim 8), tests/data/stories.txt, chunks of 512"
     $K eval -m "$M/stories260K.gguf" -f tests/data/stories.txt -c 512 --skip 256 \
-        --kv f16,k8v8,k4v4,k4v4:r0,k3v3:r0,k2v2:r0,mikv,mikv:l3 --plot /tmp/kvquant-stories.svg
+        --kv f16,k8v8,k4v4,k4v4:r0,k3v3:r0,k2v2:r0,mikv,mikv:l2:h6 --plot /tmp/kvquant-stories.svg
     echo "== outlier control (rot: randomized Hadamard, bal: MiKV balancer)"
-    for m in sotu-1M stories260K; do
-        $K eval -m "$M/$m.gguf" -f tests/data/address.txt -c 512 \
+    for m in sotu-1M stories260K randk-f16; do
+        t=tests/data/address.txt
+        [ "$m" = randk-f16 ] && t=tests/data/stories.txt
+        $K eval -m "$M/$m.gguf" -f "$t" -c 512 \
             --kv k2v2:r0,k2v2:r0:rot,k2v2:r0:bal,k3v3:r0,k3v3:r0:rot,k3v3:r0:bal,mikv,mikv:rot,mikv:bal
+    done
+}
+
+mikv() {
+    S=mikv,k3v3:r32,k2v2:r32,k4v4:r32,mikv:p0:w64,mikv:p10:w32,mikv:p0:w96,mikv:p20:w0,mikv:l2:h6:p20:w64
+    echo "== sotu-1M, tests/data/address.txt, chunks of 1024"
+    $K eval -m "$M/sotu-1M.gguf" -f tests/data/address.txt -c 1024 --kv $S
+    for m in stories260K randk-f16; do
+        echo "== $m, tests/data/stories.txt, chunks of 512, second half scored"
+        $K eval -m "$M/$m.gguf" -f tests/data/stories.txt -c 512 --skip 256 --kv $S
     done
 }
 
@@ -57,7 +67,7 @@ recall() {
     for m in kvrecall-hand kvrecall; do
         for L in 512 1024; do
             echo "== $m, recall suite of length $L"
-            $K eval -m "$M/$m.gguf" --recall $L --kv k8v8,k4v4,k4v4:r0,k3v3:r0,k2v2,k2v2:r0,mikv,mikv:l3
+            $K eval -m "$M/$m.gguf" --recall $L --kv k8v8,k4v4,k4v4:r0,k3v3:r0,k2v2,k2v2:r0,mikv,mikv:l2:h6
         done
     done
 }
@@ -78,7 +88,7 @@ speed() {
 }
 
 case $what in
-fidelity) fidelity ;; llamacpp) llamacpp ;; recall) recall ;; bits) bits ;; speed) speed ;;
-all) fidelity; llamacpp; recall; bits; speed ;;
-*) echo "usage: $0 [fidelity|llamacpp|recall|bits|speed|all]" >&2; exit 2 ;;
+fidelity) fidelity ;; mikv) mikv ;; llamacpp) llamacpp ;; recall) recall ;; bits) bits ;; speed) speed ;;
+all) fidelity; mikv; llamacpp; recall; bits; speed ;;
+*) echo "usage: $0 [fidelity|mikv|llamacpp|recall|bits|speed|all]" >&2; exit 2 ;;
 esac

@@ -144,6 +144,32 @@ TEST(eval_text_stories_thresholds) {
     kvp_model_free(m);
 }
 
+/* MiKV's target (issue 3): better mean KL than uniform 3-bit KIVI (window 32) at no more
+ * bytes, on every shared text model, with the commands of bench/RESULTS.md. */
+static void kvt_mikv_vs_3bit(const char *model, const char *text, int n_ctx, int skip) {
+    kvp_model *m = NULL;
+    int *ids = NULL, n = 0;
+    CHECK_OK(kvp_model_load(kvt_model(model), NULL, &m));
+    CHECK_OK(kvt_text_tokens(m, text, &ids, &n));
+    static const char *const specs[] = {"mikv", "k3v3:r32"};
+    kvp_eval_params p = {NULL, specs, 2, n_ctx, skip, 1, 0, NULL, NULL};
+    kvp_eval_result r[3];
+    CHECK_OK(kvp_eval_text(m, ids, n, &p, r));
+    CHECKF(r[1].st.kl_mean < r[2].st.kl_mean && r[1].bits_per_value <= r[2].bits_per_value,
+           "%s: mikv KL %g at %.3f bits per value, k3v3:r32 KL %g at %.3f", model, r[1].st.kl_mean,
+           r[1].bits_per_value, r[2].st.kl_mean, r[2].bits_per_value);
+    CHECKF(r[1].st.kl_mean < 0.9 * r[2].st.kl_mean, "%s: mikv KL %g, k3v3:r32 %g: less than 10%% better", model,
+           r[1].st.kl_mean, r[2].st.kl_mean);
+    free(ids);
+    kvp_model_free(m);
+}
+
+TEST(eval_mikv_beats_uniform_3bit) {
+    kvt_mikv_vs_3bit("sotu-1M.gguf", "tests/data/address.txt", 1024, 0);
+    kvt_mikv_vs_3bit("stories260K.gguf", "tests/data/stories.txt", 512, 256);
+    kvt_mikv_vs_3bit("randk-f16.gguf", "tests/data/stories.txt", 512, 256);
+}
+
 TEST(eval_recall_hand_full_and_4bit) {
     kvp_model *m = NULL;
     CHECK_OK(kvp_model_load(kvt_model("kvrecall-hand.gguf"), NULL, &m));
@@ -191,7 +217,7 @@ static int kvt_logits(kvp_model *m, const char *kv, int threads, float *out) {
 TEST(eval_caches_thread_independent) {
     kvp_model *m = NULL;
     CHECK_OK(kvp_model_load(kvt_model("stories260K.gguf"), NULL, &m));
-    static const char *const specs[] = {"k4v4:r32:g16", "k2v8:r0", "mikv:p20:r16", "mikv:h16:l3:r0"};
+    static const char *const specs[] = {"k4v4:r32:g16", "k2v8:r0", "mikv:p20:r16", "mikv:l2:h6:p30:w0:g16"};
     float a[512], b[512];
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
         CHECK_OK(kvt_logits(m, specs[i], 1, a));

@@ -27,7 +27,7 @@ static const demo_row demo_rows[] = {
     {"KIVI 4-bit", "k4v4", NULL, NULL, "4-bit groups of 32 still separate the matching key (score ~72) from the others (<= 48)", "4-bit noise blurred the gap between matching and other keys"},
     {"KIVI 3-bit", "k3v3", NULL, NULL, "3 bits per value still leave the match margin wider than the noise", "at 3 bits the key noise starts to close the match margin"},
     {"KIVI 2-bit", "k2v2", NULL, NULL, "2-bit keys per channel plus the 128-token full-precision window are enough here", "2-bit keys blur some matches: the answer's key no longer wins"},
-    {"MiKV 20% 8-bit / 2-bit", "mikv", NULL, NULL, "important tokens stay at 8 bits, the rest are demoted to 2 bits, never dropped", "demoted 2-bit tokens lost the match margin"},
+    {"MiKV 3-bit / 7-bit", "mikv", NULL, NULL, "recent and most attended blocks keep 7 bits, the rest are demoted to 3 bits, never dropped", "demoted 3-bit tokens lost the match margin"},
     {"StreamingLLM 50%", "f16", "streaming", "50%", "sinks plus a recent window happened to hold the queried pairs", "only sinks and recent tokens survive: older pairs are gone"},
     {"StreamingLLM 25%", "f16", "streaming", "25%", "sinks plus a recent window happened to hold the queried pairs", "only sinks and recent tokens survive: older pairs are gone"},
     {"H2O 50%", "f16", "h2o", "50%", "past attention kept the pairs that were asked about", "keys are asked once, late: past attention cannot know which pairs matter"},

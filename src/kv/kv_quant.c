@@ -29,6 +29,10 @@
  * bytes, and the minimums become a bias; per block and value group, the attention weights
  * are multiplied by the per-token scales and rounded to bytes, and the minimums become a
  * bias (see kvq.h for the rounding).
+ *
+ * MiKV (kv_mikv.c) is this cache at L bits with a high tier of residual tiles on top: when
+ * c->hi is set, the kvp_mikv_hi_* hooks of kivi.h run as blocks are made, attended, read,
+ * truncated and counted.
  */
 #include <math.h>
 #include <stdio.h>
@@ -37,45 +41,7 @@
 #include "common/common.h"
 #include "kernels/kernels.h"
 #include "kernels/kvq.h"
-#include "kv/quant.h"
-
-typedef struct {
-    int kbits, vbits, R, G, xmode;
-    int a8; /* 1: queries and weights in one byte plane (faster, 8-bit rounding) */
-} kvp_kivi_spec;
-
-typedef struct {
-    int u0, u1, g; /* units [u0, u1) of a head share value group g */
-} kvp_kivi_run;
-
-/* The arrays of one layer: key tiles (n_kv_heads, max_blocks, ktile), key parameters
- * (n_kv_heads, max_blocks, kpar), value tiles (n_kv_heads, max_blocks, vtile), value
- * parameters (n_vgroups, max_blocks, vpar). Reserved for the whole context with calloc, so
- * the pages of blocks not yet written are never touched. */
-typedef struct {
-    uint8_t *kt, *kp, *vt, *vp;
-} kvp_kivi_layer;
-
-typedef struct {
-    kvp_kv base;
-    kvp_kivi_spec p;
-    int hd, nkv, kvd, hdp, cp4, qb, lds;
-    int span;               /* value groups run along kv_dim, across heads */
-    int n_vg;               /* value groups per token */
-    kvp_kivi_run *runs;     /* (n_kv_heads, n_runs) */
-    int n_runs;
-    size_t ktile, kpar, vtile, vpar, vrow, block_bytes;
-    int max_blocks, n_blocks;
-    kvp_kivi_layer *reg;    /* (n_layers) */
-    kvp_qwin *win;          /* (n_layers) */
-    kvp_kxform kx;
-    float *qf;              /* quantization scratch: K and V of a block, (2, G, kv_dim) */
-    uint8_t *qc;            /* codes of a block, (G, kv_dim) */
-    uint8_t **scratch;      /* per thread */
-    int n_scratch;
-    size_t scratch_bytes;
-    int step_pos, step_n;
-} kvp_kv_kivi;
+#include "kv/kivi.h"
 
 /* ---------------------------------------------------------------------------------------
  * Spec.
@@ -123,7 +89,7 @@ bad:
  * ------------------------------------------------------------------------------------- */
 
 /* The value group of channel ch of head h, and the kv_dim range [*c0, *c1) of group g. */
-static int kvp_kivi_vgroup(const kvp_kv_kivi *c, int h, int ch) {
+int kvp_kivi_vgroup(const kvp_kv_kivi *c, int h, int ch) {
     return c->span ? (h * c->hd + ch) / 32 : h * ((c->hd + 31) / 32) + ch / 32;
 }
 
@@ -141,13 +107,13 @@ static void kvp_kivi_vrange(const kvp_kv_kivi *c, int g, int *c0, int *c1) {
 /* The parts of block b of layer l: head h's key tile and key parameters, head h's value
  * tile, value group g's parameters. Each part lives in its own array, blocks in order, so
  * that attention streams through memory. */
-static uint8_t *kvp_kivi_ktile(const kvp_kv_kivi *c, int l, int b, int h) {
+uint8_t *kvp_kivi_ktile(const kvp_kv_kivi *c, int l, int b, int h) {
     return c->reg[l].kt + ((size_t)h * c->max_blocks + (size_t)b) * c->ktile;
 }
 static uint8_t *kvp_kivi_kpar(const kvp_kv_kivi *c, int l, int b, int h) {
     return c->reg[l].kp + ((size_t)h * c->max_blocks + (size_t)b) * c->kpar;
 }
-static uint8_t *kvp_kivi_vtile(const kvp_kv_kivi *c, int l, int b, int h) {
+uint8_t *kvp_kivi_vtile(const kvp_kv_kivi *c, int l, int b, int h) {
     return c->reg[l].vt + ((size_t)h * c->max_blocks + (size_t)b) * c->vtile;
 }
 static uint8_t *kvp_kivi_vpar(const kvp_kv_kivi *c, int l, int b, int g) {
@@ -155,7 +121,7 @@ static uint8_t *kvp_kivi_vpar(const kvp_kv_kivi *c, int l, int b, int g) {
 }
 
 /* Per-channel scales and minimums of head h's keys in a block. */
-static void kvp_kivi_kparams(const kvp_kv_kivi *c, int l, int b, int h, float *s, float *m) {
+void kvp_kivi_kparams(const kvp_kv_kivi *c, int l, int b, int h, float *s, float *m) {
     const uint8_t *p = kvp_kivi_kpar(c, l, b, h);
     kvp_qsuper sp;
     memcpy(&sp, p + 2 * c->hd, sizeof sp);
@@ -164,7 +130,7 @@ static void kvp_kivi_kparams(const kvp_kv_kivi *c, int l, int b, int h, float *s
 
 /* Per-token scales and minimums of value group g in a block, as the kernels use them: for
  * 8-bit codes (stored minus 128) the minimum includes 128 s. */
-static void kvp_kivi_vparams(const kvp_kv_kivi *c, int l, int b, int g, float *s, float *m) {
+void kvp_kivi_vparams(const kvp_kv_kivi *c, int l, int b, int g, float *s, float *m) {
     const uint8_t *p = kvp_kivi_vpar(c, l, b, g);
     kvp_qsuper sp;
     memcpy(&sp, p + 2 * c->p.G, sizeof sp);
@@ -245,6 +211,7 @@ static int kvp_kivi_age(kvp_kv_kivi *c, int layer, int b) {
     for (int h = 0; h < c->nkv; h++) kvp_kivi_quant_keys(c, layer, b, h, kf);
     for (int g = 0; g < c->n_vg; g++) kvp_kivi_quant_vgroup(c, layer, b, g, vf);
     for (int h = 0; h < c->nkv; h++) kvp_kivi_pack_values(c, layer, b, h);
+    if (c->hi) KVP_TRY(kvp_mikv_hi_age(c, layer, b, kf, vf));
     kvp_qwin_drop(w, G);
     return KVP_OK;
 }
@@ -260,7 +227,6 @@ static void kvp_kivi_block_read(const kvp_kv_kivi *c, int layer, int b, float *k
         for (int t = 0; t < G; t++) {
             float *row = k + (size_t)t * c->kvd + (size_t)h * hd;
             for (int ch = 0; ch < hd; ch++) row[ch] = m[ch] + s[ch] * (float)codes[(size_t)ch * G + t];
-            kvp_kx_key_back(&c->kx, layer, h, row);
         }
         kvp_qt_unpack_v(kvp_kivi_vtile(c, layer, b, h), G, hd, c->p.vbits, codes);
         for (int ch = 0; ch < hd; ch++) {
@@ -268,6 +234,8 @@ static void kvp_kivi_block_read(const kvp_kv_kivi *c, int layer, int b, float *k
             for (int t = 0; t < G; t++)
                 v[(size_t)t * c->kvd + (size_t)h * hd + ch] = vm[t] + vs[t] * (float)(int8_t)codes[(size_t)t * hd + ch];
         }
+        if (c->hi) kvp_mikv_hi_read(c, layer, b, h, k, v);
+        for (int t = 0; t < G; t++) kvp_kx_key_back(&c->kx, layer, h, k + (size_t)t * c->kvd + (size_t)h * hd);
     }
 }
 
@@ -290,6 +258,7 @@ static int kvp_kivi_begin(kvp_kv *kv, int pos, int n, const int *tokens) {
 static int kvp_kivi_append(kvp_kv *kv, int layer, int pos, int n, const float *k, const float *v) {
     kvp_kv_kivi *c = (kvp_kv_kivi *)kv;
     kvp_kx_observe(&c->kx, layer, n, k, NULL);
+    if (c->hi) KVP_TRY(kvp_mikv_hi_append(c, layer, n));
     return kvp_qwin_append(&c->win[layer], n, k, v);
 }
 
@@ -307,27 +276,22 @@ static int kvp_kivi_end(kvp_kv *kv) {
  * Attention.
  * ------------------------------------------------------------------------------------- */
 
-typedef struct {
-    float *Qf, *Qx, *S, *Y, *alpha, *beta, *alpha2, *zero;
-    int8_t *iq, *iq2;       /* query bytes and their residual plane */
-    uint8_t *W, *W2;        /* weight bytes and their residual plane */
-    const kvp_kvq_table *k; /* the kernels */
-} kvp_kivi_scr;
-
 /* Carves one thread's scratch into its arrays (rows = qb * group query rows); with base
  * NULL only measures it. */
 static kvp_kivi_scr kvp_kivi_carve(const kvp_kv_kivi *c, uint8_t *base, size_t *total) {
     size_t rows = (size_t)c->qb * (size_t)(c->base.shape.n_heads / c->nkv);
-    size_t sz[12] = {rows * c->hd, rows * c->hd, rows * c->lds, rows * c->hdp, rows, rows, rows, rows,
+    size_t np = (size_t)KVP_MAX(c->hd, c->p.G);
+    size_t sz[14] = {rows * c->hd, rows * c->hd, rows * c->lds, rows * c->hdp, rows, rows, rows, rows, np, np,
                      rows * c->cp4, rows * c->cp4, rows * c->p.G, rows * c->p.G};
-    void *p[12];
+    void *p[14];
     size_t off = 0;
-    for (int i = 0; i < 12; i++) {
+    for (int i = 0; i < 14; i++) {
         p[i] = base ? base + off : NULL;
-        off += ((i < 8 ? sizeof(float) : 1) * sz[i] + 63) & ~(size_t)63;
+        off += ((i < 10 ? sizeof(float) : 1) * sz[i] + 63) & ~(size_t)63;
     }
     *total = off;
-    return (kvp_kivi_scr){p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], kvp_kvq_current()};
+    return (kvp_kivi_scr){p[0], p[1], p[2],  p[3],  p[4],  p[5],  p[6], p[7],
+                          p[8], p[9], p[10], p[11], p[12], p[13], kvp_kvq_current()};
 }
 
 typedef struct {
@@ -342,39 +306,50 @@ static kvp_kvq_par kvp_kivi_par(const uint8_t *p, int n, float m_add_s) {
     return (kvp_kvq_par){p, p + n, (const uint16_t *)(const void *)(p + 2 * n), NULL, NULL, m_add_s};
 }
 
-/* Scores of head h's query rows against block b: x->S[j][b G + t]. */
-static void kvp_kivi_block_scores(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
-    kvp_kvq_par par = kvp_kivi_par(kvp_kivi_kpar(c, layer, b, h), c->hd, 0);
+void kvp_kivi_tile_scores(const kvp_kv_kivi *c, const kvp_kivi_scr *x, int rows, const kvp_kvq_par *par,
+                          const uint8_t *tile, int bits, float *S, int accum) {
     kvp_kvq_bytes qb = {x->iq, c->p.a8 ? NULL : x->iq2, c->cp4, x->alpha, x->beta};
-    x->k->query(x->Qx, c->hd, rows, &par, c->hd, 1.0f / sqrtf((float)c->hd), &qb);
-    kvp_kvq_ktile kt = {kvp_kivi_ktile(c, layer, b, h), c->p.kbits, c->p.G, c->cp4 / 4, NULL, NULL};
+    x->k->query(x->Qx, c->hd, rows, par, c->hd, 1.0f / sqrtf((float)c->hd), &qb);
+    kvp_kvq_ktile kt = {tile, bits, c->p.G, c->cp4 / 4, NULL, NULL};
     kvp_kvq_rows qr = {x->iq, c->cp4, rows, x->alpha, x->beta};
-    float *S = x->S + (size_t)b * c->p.G;
-    x->k->scores(&kt, &qr, S, c->lds, 0);
+    x->k->scores(&kt, &qr, S, c->lds, accum);
     if (c->p.a8) return;
     for (int j = 0; j < rows; j++) x->alpha2[j] = x->alpha[j] / 256.0f;
     kvp_kvq_rows lo = {x->iq2, c->cp4, rows, x->alpha2, x->zero};
     x->k->scores(&kt, &lo, S, c->lds, 1);
 }
 
+/* Scores of head h's query rows against block b: x->S[j][b G + t]. */
+static void kvp_kivi_block_scores(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
+    kvp_kvq_par par = kvp_kivi_par(kvp_kivi_kpar(c, layer, b, h), c->hd, 0);
+    kvp_kivi_tile_scores(c, x, rows, &par, kvp_kivi_ktile(c, layer, b, h), c->p.kbits, x->S + (size_t)b * c->p.G, 0);
+    if (c->hi) kvp_mikv_hi_scores(c, x, layer, b, h, rows);
+}
+
+void kvp_kivi_tile_values(const kvp_kv_kivi *c, const kvp_kivi_scr *x, int rows, const float *P,
+                          const kvp_kvq_par *par, const uint8_t *tile, int bits, size_t vrow, int u0, int u1) {
+    int G = c->p.G, n_ch = KVP_MIN(8 * (u1 - u0), c->hd - 8 * u0);
+    kvp_kvq_bytes wb = {x->W, c->p.a8 ? NULL : x->W2, G, x->alpha, x->beta};
+    x->k->weights(P, c->lds, rows, par, G, &wb);
+    kvp_kvq_vtile vt = {tile + (size_t)u0 * kvp_kvq_unit_bytes(bits), bits, G / 4, u1 - u0, vrow};
+    kvp_kvq_rows wr = {x->W, G, rows, x->alpha, x->beta};
+    x->k->values(&vt, &wr, n_ch, x->Y + 8 * u0, c->hdp);
+    if (c->p.a8) return;
+    for (int j = 0; j < rows; j++) x->alpha2[j] = x->alpha[j] / 255.0f;
+    kvp_kvq_rows lo = {x->W2, G, rows, x->alpha2, x->zero};
+    x->k->values(&vt, &lo, n_ch, x->Y + 8 * u0, c->hdp);
+}
+
 /* Adds head h's attention over block b's values to x->Y, one value group at a time. */
 static void kvp_kivi_block_values(const kvp_kv_kivi *c, int layer, int b, int h, int rows, const kvp_kivi_scr *x) {
     int G = c->p.G;
-    size_t ub = kvp_kvq_unit_bytes(c->p.vbits);
     for (const kvp_kivi_run *r = c->runs + (size_t)h * c->n_runs; r < c->runs + (size_t)(h + 1) * c->n_runs; r++) {
         if (r->u1 <= r->u0) continue;
         kvp_kvq_par par = kvp_kivi_par(kvp_kivi_vpar(c, layer, b, r->g), G, c->p.vbits == 8 ? 128.0f : 0.0f);
-        kvp_kvq_bytes wb = {x->W, c->p.a8 ? NULL : x->W2, G, x->alpha, x->beta};
-        x->k->weights(x->S + (size_t)b * G, c->lds, rows, &par, G, &wb);
-        kvp_kvq_vtile vt = {kvp_kivi_vtile(c, layer, b, h) + (size_t)r->u0 * ub, c->p.vbits, G / 4, r->u1 - r->u0, c->vrow};
-        int n_ch = KVP_MIN(8 * (r->u1 - r->u0), c->hd - 8 * r->u0);
-        kvp_kvq_rows wr = {x->W, G, rows, x->alpha, x->beta};
-        x->k->values(&vt, &wr, n_ch, x->Y + 8 * r->u0, c->hdp);
-        if (c->p.a8) continue;
-        for (int j = 0; j < rows; j++) x->alpha2[j] = x->alpha[j] / 255.0f;
-        kvp_kvq_rows lo = {x->W2, G, rows, x->alpha2, x->zero};
-        x->k->values(&vt, &lo, n_ch, x->Y + 8 * r->u0, c->hdp);
+        kvp_kivi_tile_values(c, x, rows, x->S + (size_t)b * G, &par, kvp_kivi_vtile(c, layer, b, h), c->p.vbits,
+                             c->vrow, r->u0, r->u1);
     }
+    if (c->hi) kvp_mikv_hi_values(c, x, layer, b, h, rows);
 }
 
 /* Softmax of each query row over the positions it sees (query i sees positions <= pos + i). */
@@ -423,6 +398,7 @@ static void kvp_kivi_task(void *arg, int chunk, int thread) {
     kvp_attn_scores_f16(kvp_qwin_rows(w, h, 0), n_cols - nq, c->hd, x.Qf, rows, c->hd, 1.0f / sqrtf((float)c->hd),
                         x.S + nq, c->lds);
     kvp_kivi_softmax(c, x.S, rows, group, j->pos, i0, n_cols);
+    if (c->hi) kvp_mikv_hi_collect(c, &x, j->layer, chunk, rows, n_cols);
     memset(x.Y, 0, sizeof(float) * (size_t)rows * c->hdp);
     for (int b = 0; b < c->n_blocks; b++) {
         kvp_kivi_prefetch(c, j->layer, b + 2, h, 1);
@@ -436,7 +412,9 @@ static int kvp_kivi_attend(kvp_kv *kv, int layer, int pos, int n, const float *q
     kvp_kv_kivi *c = (kvp_kv_kivi *)kv;
     kvp_kx_observe(&c->kx, layer, n, NULL, q);
     kvp_kivi_job j = {c, layer, pos, n, (n + c->qb - 1) / c->qb, q, out};
+    if (c->hi) KVP_TRY(kvp_mikv_hi_prepare(c, layer, j.n_qblocks));
     kvp_pool_run(kv->pool, kvp_kivi_task, &j, c->nkv * j.n_qblocks);
+    if (c->hi) kvp_mikv_hi_absorb(c, layer);
     return KVP_OK;
 }
 
@@ -452,6 +430,7 @@ static void kvp_kivi_stats(const kvp_kv *kv, kvp_kv_stats *st) {
     uint64_t win = 0;
     for (int l = 0; l < s->n_layers; l++) win += (uint64_t)c->win[l].n * (uint64_t)c->kvd * 2 * sizeof(uint16_t);
     st->bytes_hot = (uint64_t)c->n_blocks * s->n_layers * c->block_bytes + win + kvp_kx_bytes(&c->kx);
+    if (c->hi) st->bytes_hot += kvp_mikv_hi_bytes(c);
     st->bits_per_value = st->n_values ? 8.0 * (double)st->bytes_hot / (double)st->n_values : 0;
     st->spec = kv->spec;
 }
@@ -459,6 +438,7 @@ static void kvp_kivi_stats(const kvp_kv *kv, kvp_kv_stats *st) {
 static void kvp_kivi_reset(kvp_kv *kv) {
     kvp_kv_kivi *c = (kvp_kv_kivi *)kv;
     for (int l = 0; l < kv->shape.n_layers; l++) c->win[l].n = c->win[l].start = 0;
+    if (c->hi) kvp_mikv_hi_forget(c, 0);
     c->n_blocks = 0;
     kv->n_pos = 0;
 }
@@ -473,8 +453,10 @@ static int kvp_kivi_unblock(kvp_kv_kivi *c, int n) {
         c->win[l].start = b0 * G;
         if (keep == 0) continue;
         kvp_kivi_block_read(c, l, b0, k, v);
+        if (c->hi) KVP_TRY(kvp_mikv_hi_append(c, l, keep));
         KVP_TRY(kvp_qwin_append(&c->win[l], keep, k, v));
     }
+    if (c->hi) kvp_mikv_hi_forget(c, b0);
     c->n_blocks = b0;
     return KVP_OK;
 }
@@ -526,6 +508,7 @@ static void kvp_kivi_free(kvp_kv *kv) {
     for (int l = 0; c->win && l < kv->shape.n_layers; l++) kvp_qwin_free(&c->win[l]);
     for (int i = 0; c->scratch && i < c->n_scratch; i++) kvp_afree(c->scratch[i]);
     kvp_kx_free(&c->kx);
+    kvp_mikv_hi_free(c->hi);
     free(c->reg);
     free(c->win);
     free(c->runs);
@@ -606,27 +589,36 @@ static int kvp_kivi_alloc(kvp_kv_kivi *c) {
     return KVP_OK;
 }
 
-int kvp_kv_kivi_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out) {
+int kvp_kivi_create(const kvp_kivi_spec *p, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv_kivi **out) {
     *out = NULL;
-    kvp_kivi_spec p;
-    KVP_TRY(kvp_kivi_parse(spec, &p));
     if (shape->head_dim > KVP_QHD_MAX)
-        return kvp_seterr(KVP_EUNSUPPORTED, "KIVI cache: head dimension %d exceeds %d", shape->head_dim, KVP_QHD_MAX);
+        return kvp_seterr(KVP_EUNSUPPORTED, "quantized KV cache: head dimension %d exceeds %d", shape->head_dim,
+                          KVP_QHD_MAX);
     kvp_kv_kivi *c = calloc(1, sizeof *c);
     if (!c) return kvp_seterr(KVP_ENOMEM, "out of memory creating the KV cache");
     c->base.vt = &kvp_kivi_vtbl;
     c->base.shape = *shape;
     c->base.pool = pool;
-    c->p = p;
-    snprintf(c->base.spec, sizeof c->base.spec, "k%dv%d:r%d:g%d%s%s%s", p.kbits, p.vbits, p.R, p.G,
-             p.xmode == KVP_KX_NONE ? "" : ":", p.xmode == KVP_KX_NONE ? "" : kvp_kx_name(p.xmode), p.a8 ? ":a8" : "");
+    c->p = *p;
     kvp_kivi_layout(c);
-    int rc = kvp_kx_init(&c->kx, p.xmode, shape);
+    int rc = kvp_kx_init(&c->kx, p->xmode, shape);
     if (rc == 0 && kvp_kivi_alloc(c) < 0) rc = kvp_seterr(KVP_ENOMEM, "out of memory creating the KV cache");
     if (rc < 0) {
         kvp_kivi_free(&c->base);
         return rc;
     }
+    *out = c;
+    return KVP_OK;
+}
+
+int kvp_kv_kivi_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out) {
+    *out = NULL;
+    kvp_kivi_spec p;
+    KVP_TRY(kvp_kivi_parse(spec, &p));
+    kvp_kv_kivi *c;
+    KVP_TRY(kvp_kivi_create(&p, shape, pool, &c));
+    snprintf(c->base.spec, sizeof c->base.spec, "k%dv%d:r%d:g%d%s%s%s", p.kbits, p.vbits, p.R, p.G,
+             p.xmode == KVP_KX_NONE ? "" : ":", p.xmode == KVP_KX_NONE ? "" : kvp_kx_name(p.xmode), p.a8 ? ":a8" : "");
     *out = &c->base;
     return KVP_OK;
 }

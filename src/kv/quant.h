@@ -13,7 +13,7 @@
 
 #include "kv/kv.h"
 
-/* The caches (specs parsed by kvp_kv_new: "k4v4:r128:g32:rot", "mikv:h8:l2:p20:r32"). */
+/* The caches (specs parsed by kvp_kv_new: "k4v4:r128:g32:rot", "mikv:l3:h7:p5:w64:r0"). */
 int kvp_kv_kivi_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out);
 int kvp_kv_mikv_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out);
 
