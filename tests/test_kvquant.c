@@ -399,9 +399,9 @@ static double kq_run(kq_cache *c, const int *steps, int n_steps, unsigned long l
 }
 
 TEST(kivi_attend_matches_dequantized) {
-    static const char *const specs[] = {"k2v2:r16:g16", "k3v4:r0:g32", "k4v4:r8:g16", "k8v8:r0:g16",
-                                        "k8v2:r16:g32:rot", "k4v3:r0:g16:bal", "k2v8:r0:g48", "k4v4:r0:g32:a8",
-                                        "k8v8:r4:g16:a8"};
+    static const char *const specs[] = {"k2v2:r16:g16:a16", "k3v4:r0:g32:a16", "k4v4:r8:g16:a16", "k8v8:r0:g16",
+                                        "k8v2:r16:g32:rot", "k4v3:r0:g16:bal:a16", "k2v8:r0:g48", "k4v4:r0:g32:a8",
+                                        "k8v8:r4:g16:a8", "k2v3:r0:g16"}; /* the last: a8 by default */
     static const int hds[] = {8, 7, 33, 64};
     static const int steps[] = {37, 1, 1, 20, 1, 5, 1, 30, 1, 3};
     unsigned long long s = 18;
@@ -413,7 +413,8 @@ TEST(kivi_attend_matches_dequantized) {
             double worst = kq_run(&c, steps, (int)KVP_ARRAY_LEN(steps), &s);
             /* 16-bit queries and attention weights (two byte planes, kvq.h): float tolerance;
              * one plane (:a8) rounds them to 8 bits: about 1% of the largest value */
-            CHECKF(worst <= (strstr(specs[i], "a8") ? 0.02 : 2e-4), "%s, head dim %d: attention differs from the dequantized values by %g", specs[i],
+            const int a8 = strstr(specs[i], "a8") || (!strstr(specs[i], "a16") && !strchr(specs[i], '8'));
+            CHECKF(worst <= (a8 ? 0.02 : 2e-4), "%s, head dim %d: attention differs from the dequantized values by %g", specs[i],
                    hds[h], worst);
             kq_close(&c);
         }
@@ -511,7 +512,7 @@ TEST(kivi_truncate_keeps_what_remains) {
     unsigned long long s = 22;
     static const int steps[] = {50, 1, 49};
     kq_cache c;
-    CHECK_OK(kq_open(&c, "k4v2:r8:g16", 2, 4, 2, 32, 160));
+    CHECK_OK(kq_open(&c, "k4v2:r8:g16:a16", 2, 4, 2, 32, 160));
     kq_run(&c, steps, 3, &s);
     float *k0 = malloc(sizeof(float) * 100 * c.kvd), *v0 = malloc(sizeof(float) * 100 * c.kvd);
     float *k1 = malloc(sizeof(float) * 100 * c.kvd), *v1 = malloc(sizeof(float) * 100 * c.kvd);
@@ -549,7 +550,8 @@ TEST(kivi_specs) {
     }
     static const char *const good[][2] = {{"k4v4", "k4v4:r128:g32"}, {"k2v2:g16:r0", "k2v2:r0:g16"},
                                           {"k8v4:rot", "k8v4:r128:g32:rot"}, {"k3v2:bal:r64", "k3v2:r64:g32:bal"},
-                                          {"k4v4:none", "k4v4:r128:g32"}};
+                                          {"k4v4:none", "k4v4:r128:g32"}, {"k4v4:a16", "k4v4:r128:g32:a16"},
+                                          {"k4v4:a8", "k4v4:r128:g32"}, {"k8v4:a8", "k8v4:r128:g32:a8"}};
     for (size_t i = 0; i < KVP_ARRAY_LEN(good); i++) {
         CHECK_OK(kvp_kv_new(good[i][0], &sh, NULL, &kv));
         CHECKF(!strcmp(kv->spec, good[i][1]), "'%s' became '%s'", good[i][0], kv->spec);
@@ -574,7 +576,8 @@ TEST(mikv_attend_matches_dequantized) {
             int kvh = hds[h] == 8 ? 4 : 2;
             CHECK_OK(kq_open(&c, specs[i], 2, 3 * kvh, kvh, hds[h], 160));
             double worst = kq_run(&c, steps, (int)KVP_ARRAY_LEN(steps), &s);
-            CHECKF(worst <= (strstr(specs[i], "a8") ? 0.02 : 2e-4), "%s, head dim %d: attention differs from the "
+            const int a8 = strstr(specs[i], "a8") || (!strstr(specs[i], "a16") && !strchr(specs[i], '8'));
+            CHECKF(worst <= (a8 ? 0.02 : 2e-4), "%s, head dim %d: attention differs from the "
                    "dequantized values by %g", specs[i], hds[h], worst);
             kq_close(&c);
         }
@@ -600,7 +603,7 @@ TEST(mikv_low_tier_is_kivi_and_high_tier_finer) {
     enum { N = 200 };
     kq_cache a, b, hi;
     CHECK_OK(kq_open(&a, "mikv:l3:p0:w0", 1, 4, 2, 33, N));
-    CHECK_OK(kq_open(&b, "k3v3:r0", 1, 4, 2, 33, N));
+    CHECK_OK(kq_open(&b, "k3v3:r0:a16", 1, 4, 2, 33, N)); /* MiKV keeps two planes */
     CHECK_OK(kq_open(&hi, "mikv:l3:h7:p100:w0", 1, 4, 2, 33, N));
     float *oa = malloc(sizeof(float) * N * a.qd), *ob = malloc(sizeof(float) * N * a.qd);
     float *K = malloc(sizeof(float) * N * a.kvd), *V = malloc(sizeof(float) * N * a.kvd);

@@ -24,7 +24,7 @@ int kvp_kv_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_
     if (spec[0] == 'k' && spec[1] >= '0' && spec[1] <= '9') return kvp_kv_kivi_new(spec, shape, pool, out);
     if (!strncmp(spec, "mikv", 4)) return kvp_kv_mikv_new(spec, shape, pool, out);
     return kvp_seterr(KVP_EINVAL, "unknown KV cache spec '%s' (valid: f16, f32, "
-                      "kXvY[:rR][:gG][:rot|:bal|:none][:a8] with X, Y in 2, 3, 4, 8, e.g. k4v4, k2v2:r128:g32; "
+                      "kXvY[:rR][:gG][:rot|:bal|:none][:a8|:a16] with X, Y in 2, 3, 4, 8, e.g. k4v4, k2v2:r128:g32; "
                       "mikv[:lL][:hH][:pP][:wW][:rR][:gG][:rot|:bal|:none][:a8], e.g. mikv, mikv:l3:h7:p5:w64)", spec);
 }
 
