@@ -10,7 +10,8 @@
  *   - models:     kvp_model_load() opens a GGUF (v2, v3) or llama2.c checkpoint, memory-mapped.
  *   - tokenizer:  kvp_tokenize() / kvp_detokenize() with the model's own vocabulary.
  *   - contexts:   kvp_ctx_new() binds a model to a KV cache and a thread pool;
- *                 kvp_ctx_decode() feeds tokens (batched prefill or one-token decode).
+ *                 kvp_ctx_decode() feeds tokens (batched prefill or one-token decode);
+ *                 kvp_ctx_decode_batch() steps several contexts by one token in one pass.
  *   - sampling:   greedy, temperature, top-k, top-p with a fixed seed.
  *   - synth:      kvp_synth_write() writes a random-weight Llama GGUF of any shape.
  *

@@ -207,8 +207,18 @@ static void kvp_sess_fed(kvp_srv *s, kvp_sess *ss, int rc) {
     if (rc < 0) kvp_sess_fail(s, ss, rc);
 }
 
-/* Feeds the n sessions' sampled tokens in one batched forward pass. */
+static void kvp_sched_count_steps(kvp_srv *s, int steps, int tokens) {
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.decode_steps += (uint64_t)steps;
+    s->metrics.decode_rows += (uint64_t)tokens;
+    pthread_mutex_unlock(&s->metrics.mu);
+}
+
+/* Feeds the n sessions' sampled tokens in one batched forward pass. A session that failed
+ * gets the call's message when it is the first failure (the message names it), a generic
+ * one otherwise. */
 static void kvp_sched_feed_batch(kvp_srv *s, kvp_sess **ss, int n) {
+    size_t V = (size_t)s->vocab;
     for (int i = 0; i < n; i++) {
         s->b_ctxs[i] = ss[i]->slot->ctx;
         s->b_toks[i] = ss[i]->next_tok;
@@ -217,24 +227,20 @@ static void kvp_sched_feed_batch(kvp_srv *s, kvp_sess **ss, int n) {
     char msg[256];
     snprintf(msg, sizeof msg, "%s", rc < 0 ? kvp_errmsg() : "");
     for (int i = 0; i < n; i++) {
-        if (s->b_status[i] == KVP_OK) memcpy(ss[i]->logits, s->b_logits + (size_t)i * s->vocab, sizeof(float) * (size_t)s->vocab);
-        else if (first) first = 0, kvp_seterr(s->b_status[i], "%s", msg); /* the message names the first failure */
-        else kvp_seterr(s->b_status[i], "the batched decode step failed for this session (%s)", kvp_strerror(s->b_status[i]));
-        kvp_sess_fed(s, ss[i], s->b_status[i]);
+        int st = s->b_status[i];
+        if (st == KVP_OK) memcpy(ss[i]->logits, s->b_logits + (size_t)i * V, sizeof(float) * V);
+        else if (first) first = 0, kvp_seterr(st, "%s", msg);
+        else kvp_seterr(st, "the batched decode step failed for this session (%s)", kvp_strerror(st));
+        kvp_sess_fed(s, ss[i], st);
     }
-    pthread_mutex_lock(&s->metrics.mu);
-    s->metrics.decode_steps++;
-    s->metrics.decode_rows += (uint64_t)n;
-    pthread_mutex_unlock(&s->metrics.mu);
+    kvp_sched_count_steps(s, 1, n);
 }
 
 /* Feeds the n sessions' sampled tokens one forward pass each (serial_decode). */
 static void kvp_sched_feed_serial(kvp_srv *s, kvp_sess **ss, int n) {
-    for (int i = 0; i < n; i++) kvp_sess_fed(s, ss[i], kvp_ctx_decode(ss[i]->slot->ctx, &ss[i]->next_tok, 1, ss[i]->logits, 0));
-    pthread_mutex_lock(&s->metrics.mu);
-    s->metrics.decode_steps += (uint64_t)n;
-    s->metrics.decode_rows += (uint64_t)n;
-    pthread_mutex_unlock(&s->metrics.mu);
+    for (int i = 0; i < n; i++)
+        kvp_sess_fed(s, ss[i], kvp_ctx_decode(ss[i]->slot->ctx, &ss[i]->next_tok, 1, ss[i]->logits, 0));
+    kvp_sched_count_steps(s, n, n);
 }
 
 /* A prompt whose prefill ended in this round, stored once its first token is out. */
