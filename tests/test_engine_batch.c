@@ -1,14 +1,14 @@
 /*
  * test_engine_batch.c: kvp_ctx_decode_batch, one token from each of several contexts in one
  * forward pass, against each context's own one-token kvp_ctx_decode: contexts of different
- * lengths and cache types (f16, f32, KIVI, MiKV, a selection policy with its budget), F32
+ * lengths and cache types (f16, f32, KIVI, MiKV, H2O and Quest selection with budgets), F32
  * and Q8_0 weights, one and two threads, a lead context whose batch is smaller than the
  * number of contexts; a full context in the batch fails alone; bad arguments are refused.
  */
 #include "kvpack.h"
 #include "test.h"
 
-#define KVT_NB 6   /* contexts in the batch */
+#define KVT_NB 7   /* contexts in the batch */
 #define KVT_STEPS 8
 
 typedef struct {
@@ -18,7 +18,7 @@ typedef struct {
 
 static const kvt_arm kvt_arms[KVT_NB] = {
     {"f16", NULL, NULL, 37}, {"f32", NULL, NULL, 1},  {"k4v4", NULL, NULL, 90},
-    {"mikv:l3:p20", NULL, NULL, 12}, {"f16", "h2o", "24", 70}, {"f16", NULL, NULL, 5},
+    {"mikv:l3:p20", NULL, NULL, 12}, {"f16", "h2o", "24", 70}, {"f16", NULL, NULL, 5}, {"f16", "quest", "32", 100},
 };
 
 static kvp_ctx *kvt_bctx(kvp_model *m, const kvt_arm *a, int threads, int batch, int n_ctx) {
