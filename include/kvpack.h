@@ -235,9 +235,11 @@ int kvp_ctx_decode(kvp_ctx *c, const int *tokens, int n, float *logits, int all_
  * time; the other contexts' pools are idle. A context that cannot take its token (token id
  * out of range, context full: KVP_ERANGE) or whose cache fails is left out of the rest of
  * the step; the others complete. status (n ints; may be NULL) receives each context's
- * result, 0 or a KVP_E* code; a context that failed in its cache may only be reset or freed,
- * one refused up front is unchanged. Returns 0 when every context succeeded, otherwise the
- * first failure's code, with kvp_errmsg() naming the context. */
+ * result, 0 or a KVP_E* code (a failed context's row of logits is meaningless); a context
+ * that failed in its cache may only be reset or freed, one refused up front is unchanged.
+ * Returns 0 when every context succeeded, otherwise the first failure's code, with
+ * kvp_errmsg() naming the context. Costs one forward pass over n rows plus O(n) bookkeeping
+ * (n^2 pointer comparisons to check that the contexts are distinct). */
 int kvp_ctx_decode_batch(kvp_ctx *const *ctxs, const int *tokens, int n, float *logits, int *status);
 
 int kvp_ctx_pos(const kvp_ctx *c);               /* tokens in the context so far */

@@ -87,12 +87,17 @@ static double kvt_batch_vs_single(const char *model, int threads, int lead_batch
     return ok ? worst : -1;
 }
 
+/* The tolerance: the kernels' sums differ between one row and a batch of rows in the last
+ * bits (kernels.h), and an F16, KIVI or MiKV cache may then round a key or value the other
+ * way (one F16 step is 4.9e-4 relative), which moves later logits by up to about 1e-4 of the
+ * largest; 1e-3 still catches any real error (a wrong position or row is off by far more). */
 TEST(engine_decode_batch_equals_single) {
-    CHECK(kvt_batch_vs_single("stories260K.gguf", 1, 64, 1e-4) >= 0);
-    CHECK(kvt_batch_vs_single("stories260K.gguf", 2, 64, 1e-4) >= 0);  /* caches in parallel over the lead's pool */
-    CHECK(kvt_batch_vs_single("stories260K.gguf", 2, 4, 1e-4) >= 0);   /* groups of 4 and 2 rows */
+    CHECK(kvt_batch_vs_single("stories260K.gguf", 1, 64, 1e-3) >= 0);
+    CHECK(kvt_batch_vs_single("stories260K.gguf", 2, 64, 1e-3) >= 0); /* caches in parallel over the lead's pool */
+    CHECK(kvt_batch_vs_single("stories260K.gguf", 2, 4, 1e-3) >= 0);  /* groups of 4 and 3 rows (small-batch GEMM) */
+    CHECK(kvt_batch_vs_single("stories260K.gguf", 1, 2, 1e-3) >= 0);  /* groups of 2 and 1 */
     CHECK(kvt_batch_vs_single("sotu-1M-Q8_0.gguf", 2, 64, 1e-3) >= 0); /* Q8_0 activations */
-    CHECK(kvt_batch_vs_single("sotu-1M.gguf", 1, 3, 1e-4) >= 0);
+    CHECK(kvt_batch_vs_single("sotu-1M.gguf", 1, 3, 1e-3) >= 0);
 }
 
 /* A full context fails alone (KVP_ERANGE, unchanged); the others complete with the right

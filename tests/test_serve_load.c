@@ -243,15 +243,15 @@ TEST(serve_faults_keep_serving) {
 
 /* ---- slow readers ----
  * The streams are made long enough to fill the sockets' buffers (loopback TCP buffers a few
- * MB): 12000 tokens with 20 alternatives each (about 450 bytes an event, 5 MB in all) from
- * a tiny synthetic model with a 12288-token context, which generates them in a second or
+ * MB): 16000 tokens with 20 alternatives each (about 450 bytes an event, 7 MB in all) from
+ * a tiny synthetic model with a 16384-token context, which generates them in a second or
  * two. */
 
-#define KVT_SLOW_TOKENS 12000
+#define KVT_SLOW_TOKENS 16000
 
 static const char *kvt_tiny_model(char *path, size_t cap) {
-    snprintf(path, cap, "/tmp/kvt_tiny12k_%d.gguf", (int)getpid());
-    kvp_synth_params p = {64, 128, 1, 2, 1, 300, 12288, KVP_TYPE_F32, 10000.0f, 7};
+    snprintf(path, cap, "/tmp/kvt_tiny16k_%d.gguf", (int)getpid());
+    kvp_synth_params p = {64, 128, 1, 2, 1, 300, 16384, KVP_TYPE_F32, 10000.0f, 7};
     return kvp_synth_write(path, &p) == KVP_OK ? path : NULL;
 }
 
@@ -345,7 +345,7 @@ TEST(serve_slow_reader_does_not_block) {
     static char buf[1 << 16];
     CHECK(kvt_tiny_model(model, sizeof model));
     kvt_server s;
-    snprintf(args, sizeof args, "-m %s -c 12288 --timeout 120 --parallel 8", model);
+    snprintf(args, sizeof args, "-m %s -c 16384 --timeout 120 --parallel 8", model);
     START(s, args);
     size_t got = 0;
     int fd = kvt_stalled_reader(s.port, buf, sizeof buf, &got);
@@ -374,7 +374,7 @@ TEST(serve_stalled_reader_dropped) {
     static char buf[1 << 16];
     CHECK(kvt_tiny_model(model, sizeof model));
     kvt_server s;
-    snprintf(args, sizeof args, "-m %s -c 12288 --timeout 2 --parallel 8", model);
+    snprintf(args, sizeof args, "-m %s -c 16384 --timeout 2 --parallel 8", model);
     START(s, args);
     size_t got = 0;
     int fd = kvt_stalled_reader(s.port, buf, sizeof buf, &got);
