@@ -10,7 +10,8 @@
  *   - models:     kvp_model_load() opens a GGUF (v2, v3) or llama2.c checkpoint, memory-mapped.
  *   - tokenizer:  kvp_tokenize() / kvp_detokenize() with the model's own vocabulary.
  *   - contexts:   kvp_ctx_new() binds a model to a KV cache and a thread pool;
- *                 kvp_ctx_decode() feeds tokens (batched prefill or one-token decode).
+ *                 kvp_ctx_decode() feeds tokens (batched prefill or one-token decode);
+ *                 kvp_ctx_decode_batch() steps several contexts by one token in one pass.
  *   - sampling:   greedy, temperature, top-k, top-p with a fixed seed.
  *   - synth:      kvp_synth_write() writes a random-weight Llama GGUF of any shape.
  *
@@ -219,6 +220,27 @@ void kvp_ctx_free(kvp_ctx *c);
  * logits is not NULL it receives the next-token logits: of the last token only,
  * (vocab_size) floats, or with all_logits set of every token, (n, vocab_size) floats. */
 int kvp_ctx_decode(kvp_ctx *c, const int *tokens, int n, float *logits, int all_logits);
+
+/* Decodes one token in each of n contexts at once (continuous batching of the decode step,
+ * e.g. across a server's sessions): tokens[i] goes to ctxs[i] at its next position, and row
+ * i of logits ((n, vocab_size) floats; may be NULL) receives ctxs[i]'s next-token logits.
+ * The matrix multiplications run once over all n tokens, so the weights are read from
+ * memory once per step rather than once per context; attention runs in each context's own
+ * KV cache (any cache type or selection policy; lengths may differ). The logits equal those
+ * of kvp_ctx_decode(ctxs[i], &tokens[i], 1, ...) within float rounding (a batch of rows and
+ * a single row take different kernel paths).
+ * Contract: the n contexts are distinct (KVP_EINVAL otherwise), all run the same kvp_model
+ * (KVP_EINVAL otherwise), and no other thread uses any of them during the call. The work
+ * runs on ctxs[0]'s thread pool and activation buffers, n_batch tokens (of ctxs[0]) at a
+ * time; the other contexts' pools are idle. A context that cannot take its token (token id
+ * out of range, context full: KVP_ERANGE) or whose cache fails is left out of the rest of
+ * the step; the others complete. status (n ints; may be NULL) receives each context's
+ * result, 0 or a KVP_E* code (a failed context's row of logits is meaningless); a context
+ * that failed in its cache may only be reset or freed, one refused up front is unchanged.
+ * Returns 0 when every context succeeded, otherwise the first failure's code, with
+ * kvp_errmsg() naming the context. Costs one forward pass over n rows plus O(n) bookkeeping
+ * (n^2 pointer comparisons to check that the contexts are distinct). */
+int kvp_ctx_decode_batch(kvp_ctx *const *ctxs, const int *tokens, int n, float *logits, int *status);
 
 int kvp_ctx_pos(const kvp_ctx *c);               /* tokens in the context so far */
 int kvp_ctx_n_ctx(const kvp_ctx *c);

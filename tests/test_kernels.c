@@ -399,7 +399,7 @@ static const int kt_gemm_types[] = {KVP_TYPE_F32, KVP_TYPE_F16, KVP_TYPE_BF16, K
 TEST(kernels_gemm_vs_ref) {
     kvp_ktable tabs[3];
     const int nt = kt_tables(tabs);
-    const int ns[] = {1, 3, 7, 33};
+    const int ns[] = {1, 2, 3, 4, 7, 33};
     const int qcols[] = {32, 96, 1056};
     const int fcols[] = {1, 7, 16, 33, 96, 1056};
     for (size_t ti = 0; ti < KVP_ARRAY_LEN(kt_gemm_types); ti++) {
@@ -481,7 +481,7 @@ TEST(kernels_gemm_q8_0_extremes) {
 }
 
 /* Results are bit-identical whatever the row range a call covers (threads split rows) and
- * wherever a token sits in a batch of n > 1 (batches split prompts differently). */
+ * wherever a token sits in a batch of n > 4 (batches split prompts differently). */
 TEST(kernels_gemm_deterministic_splits) {
     kvp_ktable tabs[3];
     const int nt = kt_tables(tabs);
@@ -499,8 +499,8 @@ TEST(kernels_gemm_deterministic_splits) {
             const size_t xrow = kvp_act_bytes(type, cols);
             for (int k = 0; k < nt; k++) {
                 static float y[N * ROWS], y2[N * ROWS];
-                for (int one = 0; one < 2; one++) { /* n = 1 (decode) and n = N */
-                    const int n = one ? 1 : N;
+                for (int pass = 0; pass < 3; pass++) { /* n = 3 (a small batch), 1 (decode), N: y keeps N's */
+                    const int n = pass == 0 ? 3 : pass == 1 ? 1 : N;
                     tabs[k].gemm[type](m.w, cols, m.xp, n, y, ROWS, 0, ROWS);
                     const int cuts[] = {0, 1, 6, 7, 13, 21, ROWS};
                     for (size_t c = 0; c + 1 < KVP_ARRAY_LEN(cuts); c++)

@@ -6,11 +6,17 @@
  *   - slow clients, stalled clients, clients that disconnect mid-stream or before the
  *     answer, bytes that are not HTTP: each gets an error, a timeout or a cancelled job,
  *     and the server keeps serving;
+ *   - a client that stops reading its stream: the engine generates it all the same while
+ *     others are served; read later, slowly, the stream is whole; never read, the
+ *     connection is dropped after --timeout;
  *   - two servers and one redis-server: a prefix prefilled by one is loaded by the other;
  *     Redis killed mid-run: both keep answering (prefill instead), the failures counted.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "kvpack.h"
@@ -21,6 +27,7 @@
 #include <cJSON.h>
 
 #define KVT_CLIENTS 32
+#define KVP_MIN_INT(a, b) ((a) < (b) ? (a) : (b))
 #define KVT_ROUNDS 6
 #define KVT_PROMPTS 4
 
@@ -159,15 +166,32 @@ static int kvt_hang_up_mid_stream(int port) {
     return ok ? 0 : -1;
 }
 
-static double kvt_wait_metric(int port, const char *name, double at_least) {
+/* Waits (at most `seconds`) until a metric is at least `at_least`; its last value. */
+static double kvt_wait_metric_for(int port, const char *name, double at_least, double seconds) {
     double v = -1;
-    for (int i = 0; i < 100 && v < at_least; i++) {
+    for (int i = 0; i < (int)(seconds * 10) && v < at_least; i++) {
         kvt_resp r;
         if (kvt_http(port, "GET", "/metrics", NULL, 10, &r) == 0) v = kvt_metric(r.body, name);
         kvt_resp_free(&r);
         if (v < at_least) usleep(100000);
     }
     return v;
+}
+
+/* Waits (at most 10 s) until a metric is at most `at_most`; its last value. */
+static double kvt_wait_metric_down(int port, const char *name, double at_most) {
+    double v = -1;
+    for (int i = 0; i < 100 && !(v >= 0 && v <= at_most); i++) {
+        kvt_resp r;
+        if (kvt_http(port, "GET", "/metrics", NULL, 10, &r) == 0) v = kvt_metric(r.body, name);
+        kvt_resp_free(&r);
+        if (!(v >= 0 && v <= at_most)) usleep(100000);
+    }
+    return v;
+}
+
+static double kvt_wait_metric(int port, const char *name, double at_least) {
+    return kvt_wait_metric_for(port, name, at_least, 10);
 }
 
 static int kvt_serves(int port) {
@@ -202,6 +226,8 @@ TEST(serve_faults_keep_serving) {
     /* hanging up mid-stream, and before a plain answer: both jobs are cancelled */
     CHECK(kvt_hang_up_mid_stream(s.port) == 0);
     CHECK(kvt_wait_metric(s.port, "kvpack_requests_cancelled_total", 1) == 1);
+    CHECK(kvt_wait_metric_down(s.port, "kvpack_sessions_active", 0) == 0); /* its session is freed */
+    CHECK(kvt_wait_metric(s.port, "kvpack_contexts_idle", 1) >= 1);   /* its context kept for reuse */
     fd = kvt_connect(s.port, 10);
     const char *body = "{\"prompt\":\"Once upon a time\",\"max_tokens\":400,\"kvpack\":{\"ignore_eos\":true}}";
     char req[512];
@@ -213,6 +239,159 @@ TEST(serve_faults_keep_serving) {
     CHECK(kvt_wait_metric(s.port, "kvpack_completion_tokens_total", 0) < 800); /* they stopped early */
     CHECK(kvt_serves(s.port));
     CHECKF(kvt_serve_stop(&s) == 0, "%s", kvt_serve_log(&s, kvt_log, sizeof kvt_log));
+}
+
+/* ---- slow readers ----
+ * The streams are made long enough to fill the sockets' buffers (loopback TCP buffers a few
+ * MB): 16000 tokens with 20 alternatives each (about 450 bytes an event, 7 MB in all) from
+ * a tiny synthetic model with a 16384-token context, which generates them in a second or
+ * two. */
+
+#define KVT_SLOW_TOKENS 16000
+
+static const char *kvt_tiny_model(char *path, size_t cap) {
+    snprintf(path, cap, "/tmp/kvt_tiny16k_%d.gguf", (int)getpid());
+    kvp_synth_params p = {64, 128, 1, 2, 1, 300, 16384, KVP_TYPE_F32, 10000.0f, 7};
+    return kvp_synth_write(path, &p) == KVP_OK ? path : NULL;
+}
+
+/* Opens the long stream on a socket with a small receive buffer and reads until its first
+ * event; the caller then stops reading, so the server's writes stall. Returns the fd. */
+static int kvt_stalled_reader(int port, char *buf, size_t cap, size_t *got) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), small = 4096;
+    if (fd < 0) return -1;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small); /* before connect: a small window */
+    struct timeval tv = {30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char body[256], req[512];
+    snprintf(body, sizeof body, "{\"prompt\":\"Once upon a time\",\"max_tokens\":%d,\"stream\":true,\"logprobs\":20,"
+             "\"kvpack\":{\"ignore_eos\":true}}", KVT_SLOW_TOKENS);
+    int n = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.0\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        close(fd);
+        return -1;
+    }
+    *got = 0;
+    buf[0] = 0;
+    while (!strstr(buf, "data: ") && *got + 1 < cap) {
+        ssize_t k = recv(fd, buf + *got, KVP_MIN_INT(512, cap - *got - 1), 0);
+        if (k <= 0) break;
+        buf[*got += (size_t)k] = 0;
+    }
+    return fd;
+}
+
+/* Reads the rest of a response, 16 KB at a time with a pause between reads; keeps its last
+ * cap - 1 bytes in buf (NUL-terminated) and returns the number of bytes read in all. */
+static size_t kvt_read_slowly(int fd, char *buf, size_t cap, size_t got) {
+    char tmp[16384];
+    size_t have = strlen(buf);
+    for (ssize_t k; (k = recv(fd, tmp, sizeof tmp, 0)) > 0; usleep(1000)) {
+        got += (size_t)k;
+        if (have + (size_t)k + 1 > cap) have = 0; /* keep the tail only */
+        memcpy(buf + have, tmp, (size_t)k);
+        buf[have += (size_t)k] = 0;
+    }
+    return got;
+}
+
+typedef struct {
+    int port, ok;
+    char err[200];
+} kvt_other;
+
+static void *kvt_other_main(void *arg) {
+    kvt_other *o = arg;
+    o->ok = 1;
+    for (int i = 0; i < 3 && o->ok; i++) {
+        kvt_resp r;
+        int rc = kvt_http(o->port, "POST", "/v1/completions", "{\"prompt\":\"Once upon a time\",\"max_tokens\":4,"
+                          "\"kvpack\":{\"ignore_eos\":true}}", 60, &r);
+        o->ok = rc == 0 && r.status == 200 && strstr(r.body, "\"completion_tokens\":4");
+        if (!o->ok) snprintf(o->err, sizeof o->err, "status %d: %.150s", r.status, r.body ? r.body : "");
+        kvt_resp_free(&r);
+    }
+    return NULL;
+}
+
+/* Four clients, three requests each, served while a stream is stalled: 1 when all were
+ * (else err receives a failure). */
+static int kvt_others_served(int port, char *err, size_t cap) {
+    kvt_other o[4];
+    pthread_t th[4];
+    int ok = 0;
+    for (int i = 0; i < 4; i++) {
+        o[i] = (kvt_other){port, 0, {0}};
+        pthread_create(&th[i], NULL, kvt_other_main, &o[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ok += o[i].ok;
+        if (!o[i].ok) snprintf(err, cap, "%s", o[i].err);
+    }
+    return ok == 4;
+}
+
+/* A client that stops reading its stream (without closing) while others are served: the
+ * scheduler generates all its tokens anyway (the job keeps them; only the connection's own
+ * thread waits for the socket), the other clients get their answers meanwhile, and when the
+ * client reads again, slowly, it gets the whole stream. */
+TEST(serve_slow_reader_does_not_block) {
+    char model[64], args[512];
+    static char buf[1 << 16];
+    CHECK(kvt_tiny_model(model, sizeof model));
+    kvt_server s;
+    snprintf(args, sizeof args, "-m %s -c 16384 --timeout 120 --parallel 8", model);
+    START(s, args);
+    size_t got = 0;
+    int fd = kvt_stalled_reader(s.port, buf, sizeof buf, &got);
+    CHECKF(fd >= 0 && strstr(buf, "data: "), "no first event: %.200s", buf);
+    char err[256] = "";
+    CHECKF(kvt_others_served(s.port, err, sizeof err), "another client: %s", err);
+    /* the stalled stream's job ended in the engine: 1 + 12 requests, all its tokens made */
+    CHECK(kvt_wait_metric_for(s.port, "kvpack_requests_total", 13, 120) == 13);
+    CHECK(kvt_wait_metric(s.port, "kvpack_completion_tokens_total", KVT_SLOW_TOKENS + 48) == KVT_SLOW_TOKENS + 48);
+    CHECK(kvt_wait_metric_down(s.port, "kvpack_sessions_active", 0) == 0);
+    got = kvt_read_slowly(fd, buf, sizeof buf, got);
+    close(fd);
+    CHECKF(strstr(buf, "\"finish_reason\":\"length\"") && strstr(buf, "data: [DONE]"), "%zu bytes, ending '%.200s'", got,
+           strlen(buf) > 200 ? buf + strlen(buf) - 200 : buf);
+    CHECKF(got > (4u << 20), "the stream was only %zu bytes: too short to fill the socket buffers", got);
+    CHECKF(kvt_serve_stop(&s) == 0, "%s", kvt_serve_log(&s, kvt_log, sizeof kvt_log));
+    unlink(model);
+}
+
+/* A client that stops reading for good: the others are served, its connection is dropped
+ * after --timeout seconds without progress (a 499 in the metrics), its session ends (with
+ * its generation, or cancelled by the drop if that comes first), and the server stops
+ * cleanly. */
+TEST(serve_stalled_reader_dropped) {
+    char model[64], args[512];
+    static char buf[1 << 16];
+    CHECK(kvt_tiny_model(model, sizeof model));
+    kvt_server s;
+    snprintf(args, sizeof args, "-m %s -c 16384 --timeout 2 --parallel 8", model);
+    START(s, args);
+    size_t got = 0;
+    int fd = kvt_stalled_reader(s.port, buf, sizeof buf, &got);
+    CHECKF(fd >= 0 && strstr(buf, "data: "), "no first event: %.200s", buf);
+    char err[256] = "";
+    CHECKF(kvt_others_served(s.port, err, sizeof err), "another client: %s", err);
+    CHECKF(kvt_wait_metric(s.port, "kvpack_http_requests_total{endpoint=\"/v1/completions\",status=\"499\"}", 1) == 1,
+           "the stalled reader's connection was not dropped");
+    /* its job ended, whole or cancelled by the drop when the generation was slower (ASan) */
+    CHECK(kvt_wait_metric_for(s.port, "kvpack_requests_total", 13, 120) == 13);
+    CHECK(kvt_wait_metric_down(s.port, "kvpack_sessions_active", 0) == 0);
+    got = kvt_read_slowly(fd, buf, sizeof buf, got);
+    close(fd);
+    CHECKF(!strstr(buf, "data: [DONE]") && got < (size_t)KVT_SLOW_TOKENS * 400, "the dropped stream ended normally (%zu bytes)", got);
+    CHECK(kvt_serves(s.port));
+    CHECKF(kvt_serve_stop(&s) == 0, "%s", kvt_serve_log(&s, kvt_log, sizeof kvt_log));
+    unlink(model);
 }
 
 static cJSON *kvt_complete(int port, const char *prompt, int *status) {

@@ -18,7 +18,7 @@
 typedef struct {
     const char *model, *tok, *kv, *select, *budget, *store, *host, *tmpl, *alias;
     int port, threads, n_ctx, batch, parallel, queue, idle, store_level, cold_level, chunk, timeout, max_conns;
-    int store_timeout, verbose;
+    int store_timeout, verbose, serial_decode;
     uint64_t kv_memory, max_body;
 } serve_args;
 
@@ -41,7 +41,7 @@ static int serve_check(const serve_args *a) {
 
 static int serve_parse_args(int argc, char **argv, serve_args *a) {
     *a = (serve_args){NULL, NULL, "f16", NULL, NULL, NULL, "127.0.0.1", NULL, NULL, 8080, 1, 0, 256, 16, 64, 0, 4, 2, 256,
-                      30, 256, 500, 0, 1ull << 30, 2ull << 20};
+                      30, 256, 500, 0, 0, 1ull << 30, 2ull << 20};
     const cli_opt opts[] = {
         {"-m", "--model", CLI_STR, &a->model, "model file (GGUF or llama2.c checkpoint)"},
         {"-z", "--tokenizer", CLI_STR, &a->tok, "tokenizer .bin for a llama2.c checkpoint"},
@@ -67,6 +67,8 @@ static int serve_parse_args(int argc, char **argv, serve_args *a) {
         {NULL, "--max-body", CLI_SIZE, &a->max_body, "request body bytes at most (default 2M)"},
         {NULL, "--timeout", CLI_INT, &a->timeout, "idle connection timeout in seconds (default 30)"},
         {NULL, "--max-connections", CLI_INT, &a->max_conns, "open connections at most (default 256)"},
+        {NULL, "--serial-decode", CLI_FLAG, &a->serial_decode, "decode each session in a forward pass of its own "
+                                                               "(default: all sessions in one batched pass)"},
         {"-v", "--verbose", CLI_FLAG, &a->verbose, "one line per generation request on stderr"},
         {0},
     };
@@ -91,6 +93,7 @@ static kvp_srv_params serve_engine_params(const serve_args *a) {
     p.max_sessions = a->parallel;
     p.max_queue = a->queue;
     p.max_idle = a->idle;
+    p.serial_decode = a->serial_decode;
     return p;
 }
 

@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/common.h"
 #include "common/pool.h"
@@ -127,10 +128,10 @@ static void kvp_ctx_qkv_extras(kvp_ctx *c, const kvp_layer_weights *L, int n) {
     kvp_ctx_head_norm(c->k, L->k_norm, n, in->n_kv_heads, in->head_dim, in->norm_eps);
 }
 
-static int kvp_ctx_attention(kvp_ctx *c, int l, int pos, int n) {
+/* xb = rmsnorm(x) * attn_norm; q, k, v = xb Wq^T, xb Wk^T, xb Wv^T with the optional biases
+ * and per-head norms, for the n rows of the batch (not rotated yet). */
+static void kvp_ctx_qkv(kvp_ctx *c, const kvp_layer_weights *L, int n) {
     const kvp_model_info *in = &c->m->info;
-    const kvp_layer_weights *L = &c->m->layers[l];
-    int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
     kvp_ctx_norm(c, L->attn_norm, n);
     const void *xp = kvp_ctx_prep(c, L->wq.type, c->xb, n, in->dim);
     kvp_ctx_mm(c, &L->wq, xp, n, c->q);
@@ -139,15 +140,30 @@ static int kvp_ctx_attention(kvp_ctx *c, int l, int pos, int n) {
     if (L->wv.type != L->wk.type) xp = kvp_ctx_prep(c, L->wv.type, c->xb, n, in->dim);
     kvp_ctx_mm(c, &L->wv, xp, n, c->v);
     kvp_ctx_qkv_extras(c, L, n);
+}
+
+/* Rotates row i of q and k to position pos. */
+static void kvp_ctx_rope_row(kvp_ctx *c, int i, int pos) {
+    const kvp_model_info *in = &c->m->info;
+    int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
     const float *ff = c->m->rope_freqs;
-    for (int i = 0; i < n; i++) {
-        kvp_rope(c->q + (size_t)i * qd, in->n_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, ff);
-        kvp_rope(c->k + (size_t)i * kvd, in->n_kv_heads, in->head_dim, pos + i, in->rope_theta, in->rope_style, ff);
-    }
+    kvp_rope(c->q + (size_t)i * qd, in->n_heads, in->head_dim, pos, in->rope_theta, in->rope_style, ff);
+    kvp_rope(c->k + (size_t)i * kvd, in->n_kv_heads, in->head_dim, pos, in->rope_theta, in->rope_style, ff);
+}
+
+/* x += att Wo^T for the n rows of the batch. */
+static void kvp_ctx_attn_out(kvp_ctx *c, const kvp_layer_weights *L, int n) {
+    kvp_ctx_matmul(c, &L->wo, c->att, n, c->xb);
+    kvp_ctx_residual(c->x, c->xb, (size_t)n * c->m->info.dim);
+}
+
+static int kvp_ctx_attention(kvp_ctx *c, int l, int pos, int n) {
+    const kvp_layer_weights *L = &c->m->layers[l];
+    kvp_ctx_qkv(c, L, n);
+    for (int i = 0; i < n; i++) kvp_ctx_rope_row(c, i, pos + i);
     KVP_TRY(c->kv->vt->append(c->kv, l, pos, n, c->k, c->v));
     KVP_TRY(c->kv->vt->attend(c->kv, l, pos, n, c->q, c->att));
-    kvp_ctx_matmul(c, &L->wo, c->att, n, c->xb);
-    kvp_ctx_residual(c->x, c->xb, (size_t)n * in->dim);
+    kvp_ctx_attn_out(c, L, n);
     return KVP_OK;
 }
 
@@ -211,6 +227,170 @@ int kvp_ctx_decode(kvp_ctx *c, const int *tokens, int n, float *logits, int all_
         kvp_pool_unit_end(c->pool, b);
     }
     return KVP_OK;
+}
+
+/* ---- one token from each of several contexts (kvp_ctx_decode_batch) ----
+ *
+ * Row i of the lead context's (ctxs[0]'s) activation buffers carries context i's token
+ * through the layers: the matrix multiplications run once over all the rows, so the weights
+ * are streamed from memory once per step instead of once per context, and each row's
+ * attention goes through its own context's cache at its own position. The rows' cache calls
+ * run in parallel over the lead's pool when there are at least as many rows as its threads
+ * (each cache on one thread: its pool is detached for the call; kv.h allows it), otherwise
+ * one row after another, each cache over its own context's pool. */
+
+#define KVP_XB_MSG 200
+
+typedef struct kvp_xbatch {
+    kvp_ctx *lead;            /* its buffers and pool run the shared part */
+    kvp_ctx *const *ctxs;     /* (n) row i belongs to ctxs[i] */
+    const int *tokens;        /* (n) the rows' tokens (0 for a row refused up front) */
+    const int *pos;           /* (n) the rows' positions */
+    int *rc;                  /* (n) a row's status: a failed row makes no further cache calls */
+    char (*msg)[KVP_XB_MSG];  /* (n) the message of a row's failure */
+    int n, layer, parallel;
+} kvp_xbatch;
+
+typedef int (*kvp_xb_fn)(kvp_xbatch *b, int i);
+
+static int kvp_xb_begin(kvp_xbatch *b, int i) {
+    kvp_kv *kv = b->ctxs[i]->kv;
+    return kv->vt->begin(kv, b->pos[i], 1, b->tokens + i);
+}
+
+/* Appends row i's key and value to its cache and attends for its query (layer b->layer). */
+static int kvp_xb_attend(kvp_xbatch *b, int i) {
+    const kvp_model_info *in = &b->lead->m->info;
+    size_t qd = (size_t)in->n_heads * in->head_dim, kvd = (size_t)in->n_kv_heads * in->head_dim;
+    kvp_ctx *c = b->lead;
+    kvp_kv *kv = b->ctxs[i]->kv;
+    KVP_TRY(kv->vt->append(kv, b->layer, b->pos[i], 1, c->k + (size_t)i * kvd, c->v + (size_t)i * kvd));
+    return kv->vt->attend(kv, b->layer, b->pos[i], 1, c->q + (size_t)i * qd, c->att + (size_t)i * qd);
+}
+
+static int kvp_xb_end(kvp_xbatch *b, int i) { return b->ctxs[i]->kv->vt->end(b->ctxs[i]->kv); }
+
+/* Runs fn on row i unless it failed before; records a failure and its message. */
+static void kvp_xb_row(kvp_xbatch *b, kvp_xb_fn fn, int i) {
+    if (b->rc[i]) return;
+    int rc = fn(b, i);
+    if (rc < 0) {
+        b->rc[i] = rc;
+        snprintf(b->msg[i], KVP_XB_MSG, "%s", kvp_errmsg());
+    }
+}
+
+typedef struct {
+    kvp_xbatch *b;
+    kvp_xb_fn fn;
+} kvp_xb_job;
+
+static void kvp_xb_task(void *arg, int chunk, int thread) {
+    const kvp_xb_job *j = arg;
+    (void)thread;
+    kvp_xb_row(j->b, j->fn, chunk);
+}
+
+/* Runs fn on every live row: in parallel over the lead's pool with the caches' own pools
+ * detached, or one row after another. */
+static void kvp_xb_each(kvp_xbatch *b, kvp_xb_fn fn) {
+    if (!b->parallel) {
+        for (int i = 0; i < b->n; i++) kvp_xb_row(b, fn, i);
+        return;
+    }
+    kvp_xb_job j = {b, fn};
+    for (int i = 0; i < b->n; i++) b->ctxs[i]->kv->pool = NULL;
+    kvp_pool_run(b->lead->pool, kvp_xb_task, &j, b->n);
+    for (int i = 0; i < b->n; i++) b->ctxs[i]->kv->pool = b->ctxs[i]->pool;
+}
+
+/* One step of the rows through every layer; logits (n, vocab) when not NULL (a failed row's
+ * are meaningless). */
+static void kvp_xb_forward(kvp_xbatch *b, float *logits) {
+    kvp_ctx *c = b->lead;
+    size_t qd = (size_t)c->m->info.n_heads * c->m->info.head_dim;
+    kvp_xb_each(b, kvp_xb_begin);
+    kvp_ctx_embed(c, b->tokens, b->n);
+    for (int l = 0; l < c->m->info.n_layers; l++) {
+        const kvp_layer_weights *L = &c->m->layers[l];
+        kvp_ctx_qkv(c, L, b->n);
+        for (int i = 0; i < b->n; i++) kvp_ctx_rope_row(c, i, b->pos[i]);
+        b->layer = l;
+        kvp_xb_each(b, kvp_xb_attend);
+        for (int i = 0; i < b->n; i++) /* a failed row carries zeros on */
+            if (b->rc[i]) memset(c->att + (size_t)i * qd, 0, sizeof(float) * qd);
+        kvp_ctx_attn_out(c, L, b->n);
+        kvp_ctx_ffn(c, l, b->n);
+    }
+    kvp_xb_each(b, kvp_xb_end);
+    if (logits) kvp_ctx_logits(c, 0, b->n, logits);
+}
+
+/* The arguments' contract: n distinct contexts of one model. */
+static int kvp_xb_check(kvp_ctx *const *ctxs, const int *tokens, int n) {
+    if (!ctxs || !tokens || n <= 0) return kvp_seterr(KVP_EINVAL, "no contexts to decode");
+    for (int i = 0; i < n; i++) {
+        if (!ctxs[i]) return kvp_seterr(KVP_EINVAL, "context %d of the batch is NULL", i);
+        if (ctxs[i]->m != ctxs[0]->m)
+            return kvp_seterr(KVP_EINVAL, "context %d of the batch runs another model than context 0", i);
+        for (int k = 0; k < i; k++)
+            if (ctxs[k] == ctxs[i]) return kvp_seterr(KVP_EINVAL, "the batch holds one context twice (%d and %d)", k, i);
+    }
+    return KVP_OK;
+}
+
+/* Per context: its position, and a token it cannot take (out of range, context full) is
+ * refused up front (its row then runs token 0 without touching the cache). */
+static void kvp_xb_prepare(kvp_ctx *const *ctxs, const int *tokens, int n, kvp_xbatch *b, int *pos, int *tok) {
+    for (int i = 0; i < n; i++) {
+        pos[i] = ctxs[i]->kv->n_pos;
+        b->rc[i] = kvp_ctx_check_tokens(ctxs[i], tokens + i, 1);
+        if (b->rc[i]) snprintf(b->msg[i], KVP_XB_MSG, "%s", kvp_errmsg());
+        tok[i] = b->rc[i] ? 0 : tokens[i];
+    }
+}
+
+/* Runs the rows in groups of at most the lead's n_batch. */
+static void kvp_xb_groups(kvp_xbatch *all, float *logits) {
+    kvp_ctx *c = all->lead;
+    size_t V = (size_t)c->m->info.vocab_size;
+    for (int g = 0; g < all->n; g += c->n_batch) {
+        kvp_xbatch b = *all;
+        b.n = KVP_MIN(c->n_batch, all->n - g);
+        b.ctxs += g, b.tokens += g, b.pos += g, b.rc += g, b.msg += g;
+        b.parallel = kvp_pool_size(c->pool) > 1 && b.n >= kvp_pool_size(c->pool);
+        kvp_xb_forward(&b, logits ? logits + (size_t)g * V : NULL);
+    }
+}
+
+/* Copies the rows' statuses out; the first failure becomes the call's error. */
+static int kvp_xb_result(const kvp_xbatch *b, int *status) {
+    int first = -1;
+    for (int i = 0; i < b->n; i++) {
+        if (status) status[i] = b->rc[i];
+        if (b->rc[i] && first < 0) first = i;
+    }
+    if (first < 0) return KVP_OK;
+    return kvp_seterr(b->rc[first], "context %d of the batch: %s", first, b->msg[first]);
+}
+
+int kvp_ctx_decode_batch(kvp_ctx *const *ctxs, const int *tokens, int n, float *logits, int *status) {
+    KVP_TRY(kvp_xb_check(ctxs, tokens, n));
+    int *ints = malloc(sizeof(int) * 3 * (size_t)n);
+    char (*msg)[KVP_XB_MSG] = calloc((size_t)n, sizeof *msg);
+    if (!ints || !msg) {
+        free(ints);
+        free(msg);
+        return kvp_seterr(KVP_ENOMEM, "out of memory decoding a batch of %d contexts", n);
+    }
+    int *pos = ints, *tok = ints + n, *rc = ints + 2 * n;
+    kvp_xbatch b = {ctxs[0], ctxs, tok, pos, rc, msg, n, 0, 0};
+    kvp_xb_prepare(ctxs, tokens, n, &b, pos, tok);
+    kvp_xb_groups(&b, logits);
+    int ret = kvp_xb_result(&b, status);
+    free(ints);
+    free(msg);
+    return ret;
 }
 
 /* ---- lifetime ---- */

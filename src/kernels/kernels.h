@@ -50,8 +50,10 @@ int kvp_quant_row(int type, const float *src, void *dst, int64_t n);
  * range [0, rows) across threads; n = 1 is the decode (matrix-vector) case.
  * Determinism (F32, F16, BF16, Q8_0, Q4_0; tests/test_kernels.c checks it): for a given
  * instruction set, Y[i][r] is bit-identical whatever [r0, r1) the call covers and, for
- * n > 1, wherever token i sits in the batch, so thread counts and batch splits do not change
- * results; n = 1 and n > 1 may differ in the last bits. The attention kernels likewise give
+ * n > 4, wherever token i sits in the batch, so thread counts and prompt batch splits do not
+ * change results; n = 1, small batches (2 <= n <= 4: the AVX-512 F32/F16/BF16 kernels read
+ * them as decode does, for the decode steps of a few sessions batched together) and larger
+ * batches may differ in the last bits. The attention kernels likewise give
  * a head's result independent of the other heads of the call and a row's score independent
  * of the number of rows. */
 size_t kvp_act_bytes(int wtype, int cols);

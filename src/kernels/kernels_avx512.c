@@ -210,6 +210,71 @@ KVP_UNROLL
     return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
 }
 
+/* Small batches (2 to KVP_FG_SMALL tokens, e.g. a decode step of a few sessions) are bound by
+ * memory bandwidth like decode: they take its two prefetched linear streams, each weight
+ * vector loaded once for all T tokens, instead of the prefill tiles' short row streams. */
+#define KVP_FG_SMALL 4
+
+/* dot(W row at wr, token t's x) for T tokens as 16 partial sums each (s[t]), two
+ * accumulators per token, prefetching ahead. */
+KVP_AI void kvp_fgemv_row_t(const int et, const int T, const char *wr, const float *x, size_t xrow, int cols,
+                            __m512 *s) {
+    const size_t es = kvp_esize(et);
+    __m512 a0[KVP_FG_SMALL], a1[KVP_FG_SMALL];
+KVP_UNROLL
+    for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= cols; k += 32) {
+        const char *p = wr + (size_t)k * es;
+KVP_UNROLL
+        for (size_t o = 0; o < 32 * es; o += 64) kvp_prefetch(p + o);
+        const __m512 w0 = kvp_ld(et, p), w1 = kvp_ld(et, p + 16 * es);
+KVP_UNROLL
+        for (int t = 0; t < T; t++) {
+            a0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * xrow + k), a0[t]);
+            a1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * xrow + k + 16), a1[t]);
+        }
+    }
+    for (; k + 16 <= cols; k += 16) {
+        const __m512 w0 = kvp_ld(et, wr + (size_t)k * es);
+KVP_UNROLL
+        for (int t = 0; t < T; t++) a0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * xrow + k), a0[t]);
+    }
+    if (k < cols) {
+        const __mmask16 m = kvp_mask16(cols - k);
+        const __m512 w1 = kvp_ld_mask(et, wr + (size_t)k * es, m);
+KVP_UNROLL
+        for (int t = 0; t < T; t++) a1[t] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m, x + t * xrow + k), a1[t]);
+    }
+KVP_UNROLL
+    for (int t = 0; t < T; t++) s[t] = _mm512_add_ps(a0[t], a1[t]);
+}
+
+/* Rows r, r + 1, ..., r + R - 1 (R <= 4) for T tokens. */
+KVP_AI void kvp_fgemm_small_rows(const int et, const int T, const int R, const char *w, size_t wrow, const float *x,
+                                 int cols, float *y, int ldy, int r) {
+    __m512 s[4][KVP_FG_SMALL];
+KVP_UNROLL
+    for (int i = 0; i < R; i++) kvp_fgemv_row_t(et, T, w + (r + i) * wrow, x, (size_t)cols, cols, s[i]);
+KVP_UNROLL
+    for (int t = 0; t < T; t++) {
+        __m512 col[4];
+KVP_UNROLL
+        for (int i = 0; i < R; i++) col[i] = s[i][t];
+        kvp_store_sums(R, col, y + (size_t)t * ldy + r, 0, 1.0f);
+    }
+}
+
+/* A small batch: the two halves of the rows as two linear streams, 4 rows of each in turn
+ * (as decode), then the last rows one by one. A row's sums do not depend on [r0, r1). */
+KVP_AI void kvp_fgemm_small(const int et, const int T, const char *w, size_t wrow, const float *x, int cols,
+                            float *y, int ldy, int r0, int r1) {
+    const int groups = (r1 - r0) / 4, ga = (groups + 1) / 2;
+    for (int g = 0; g < groups; g++)
+        kvp_fgemm_small_rows(et, T, 4, w, wrow, x, cols, y, ldy, r0 + 4 * (g % 2 ? ga + g / 2 : g / 2));
+    for (int r = r0 + 4 * groups; r < r1; r++) kvp_fgemm_small_rows(et, T, 1, w, wrow, x, cols, y, ldy, r);
+}
+
 /* Rows [r0, r1) of one K chunk for a tile of T tokens: tiles of 4 rows, then single rows. */
 KVP_AI void kvp_fgemm_rows(const int et, const int T, const char *w, size_t wrow, const float *x,
                            size_t xrow, int k0, int k1, float *y, int ldy, int r0, int r1,
@@ -249,6 +314,12 @@ KVP_UNROLL
             kvp_store_sums(1, &sr, y + r, 0, 1.0f);
         }
         return;
+    }
+    switch (n) {
+    case 2: kvp_fgemm_small(et, 2, w, wrow, x, cols, y, ldy, r0, r1); return;
+    case 3: kvp_fgemm_small(et, 3, w, wrow, x, cols, y, ldy, r0, r1); return;
+    case 4: kvp_fgemm_small(et, 4, w, wrow, x, cols, y, ldy, r0, r1); return;
+    default: break;
     }
     const int kc = kvp_even_chunk(cols, KVP_FG_KC, 16);
     for (int rb = r0; rb < r1; rb += KVP_FG_RB) {

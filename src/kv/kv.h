@@ -17,7 +17,11 @@
  * their original positions; attention covers what it stores. Query head h uses KV head
  * h / (n_heads / n_kv_heads).
  *
- * A cache parallelizes attend() itself over kv->pool. Every function returns 0 or a
+ * A cache parallelizes attend() itself over kv->pool, read at each call: the engine sets
+ * it to NULL for the length of a step in which it runs several contexts' caches on the
+ * threads of another pool (kvp_ctx_decode_batch), so an implementation never keeps a copy
+ * of it and sizes per-thread scratch by the pool it was created with (a NULL pool runs
+ * everything as thread 0). Every function returns 0 or a
  * negative KVP_E* code with a message; after an error the cache may only be reset or freed.
  */
 #ifndef KVP_KV_H

@@ -65,6 +65,10 @@ static void kvp_put_tokens(FILE *f, const kvp_metrics *m) {
         fprintf(f, "kvpack_prefill_tokens_saved_total{source=\"%s\"} %llu\n", kvp_srv_reuse_name(i),
                 (unsigned long long)m->reused[i]);
     kvp_put(f, "kvpack_completion_tokens_total", "counter", "Tokens generated.", m->generated);
+    kvp_put(f, "kvpack_decode_steps_total", "counter", "Decode forward passes (one per round when batched).",
+            m->decode_steps);
+    kvp_put(f, "kvpack_decode_tokens_total", "counter", "Session tokens fed by decode passes (/ steps = mean batch).",
+            m->decode_rows);
 }
 
 static void kvp_put_memory(FILE *f, const kvp_metrics *m, uint64_t kv_memory) {

@@ -1,10 +1,11 @@
 /*
  * sched.c: the scheduler thread. Each round it admits waiting jobs (in order, passing over a
  * job whose prompt prefix another session is still prefilling: it waits to reuse it rather
- * than compute it twice) while sessions and the KV budget allow; then it advances every
- * decoding session by one token and the oldest prefilling session by a piece of its prompt
- * (n_batch tokens, or 64 while others decode, so that a long prefill never stalls their
- * streams for long); then it applies the memory budget and publishes the gauges. It sleeps
+ * than compute it twice) while sessions and the KV budget allow; then it advances the oldest
+ * prefilling session by a piece of its prompt (n_batch tokens, or 64 while others decode, so
+ * that a long prefill never stalls their streams for long) and every decoding session by one
+ * token, all of them in one batched forward pass (continuous batching; serial_decode feeds
+ * them one by one); then it applies the memory budget and publishes the gauges. It sleeps
  * when there is nothing to do.
  */
 #include <stdio.h>
@@ -177,28 +178,80 @@ static void kvp_sched_admit(kvp_srv *s) {
     }
 }
 
-/* ---- steps ---- */
+/* ---- steps ----
+ * A decoding session holds the logits of its last fed token. Each round it samples its next
+ * token from them (emitting its text), then feeds that token: every such session's in one
+ * batched forward pass (kvp_ctx_decode_batch, the weights read once for all of them), or,
+ * with serial_decode, each in a forward pass of its own. */
 
-/* Samples one token and feeds it; ends the session when it is finished. */
-static void kvp_sess_generate(kvp_srv *s, kvp_sess *ss) {
+/* Samples the next token; returns 1 when the session goes on with it in ss->next_tok, 0 when
+ * the session ended (and was freed). */
+static int kvp_sess_sample(kvp_srv *s, kvp_sess *ss) {
     if (ss->n_gen >= ss->max_gen) {
         kvp_sess_end(s, ss, KVP_SRV_FINISH_LENGTH, 0, NULL);
-        return;
+        return 0;
     }
     int tok = 0, rc = kvp_gen_step(s, ss, &tok);
     if (rc != 0) {
         if (rc < 0) kvp_sess_fail(s, ss, rc);
         else kvp_sess_end(s, ss, ss->finish, 0, NULL);
-        return;
+        return 0;
     }
-    rc = kvp_ctx_decode(ss->slot->ctx, &tok, 1, ss->logits, 0);
-    if (rc == KVP_OK) rc = kvp_slot_push(ss->slot, &tok, 1);
+    ss->next_tok = tok;
+    return 1;
+}
+
+/* Records the outcome rc of feeding ss->next_tok to the session's context. */
+static void kvp_sess_fed(kvp_srv *s, kvp_sess *ss, int rc) {
+    if (rc == KVP_OK) rc = kvp_slot_push(ss->slot, &ss->next_tok, 1);
     if (rc < 0) kvp_sess_fail(s, ss, rc);
 }
 
-/* Feeds the next piece of the prompt; after the last one, the first token is generated
- * and the prompt's new chunks are stored. */
-static void kvp_sess_prefill(kvp_srv *s, kvp_sess *ss, int piece) {
+static void kvp_sched_count_steps(kvp_srv *s, int steps, int tokens) {
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.decode_steps += (uint64_t)steps;
+    s->metrics.decode_rows += (uint64_t)tokens;
+    pthread_mutex_unlock(&s->metrics.mu);
+}
+
+/* Feeds the n sessions' sampled tokens in one batched forward pass. A session that failed
+ * gets the call's message when it is the first failure (the message names it), a generic
+ * one otherwise. */
+static void kvp_sched_feed_batch(kvp_srv *s, kvp_sess **ss, int n) {
+    size_t V = (size_t)s->vocab;
+    for (int i = 0; i < n; i++) {
+        s->b_ctxs[i] = ss[i]->slot->ctx;
+        s->b_toks[i] = ss[i]->next_tok;
+    }
+    int rc = kvp_ctx_decode_batch(s->b_ctxs, s->b_toks, n, s->b_logits, s->b_status), first = 1;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", rc < 0 ? kvp_errmsg() : "");
+    for (int i = 0; i < n; i++) {
+        int st = s->b_status[i];
+        if (st == KVP_OK) memcpy(ss[i]->logits, s->b_logits + (size_t)i * V, sizeof(float) * V);
+        else if (first) first = 0, kvp_seterr(st, "%s", msg);
+        else kvp_seterr(st, "the batched decode step failed for this session (%s)", kvp_strerror(st));
+        kvp_sess_fed(s, ss[i], st);
+    }
+    kvp_sched_count_steps(s, 1, n);
+}
+
+/* Feeds the n sessions' sampled tokens one forward pass each (serial_decode). */
+static void kvp_sched_feed_serial(kvp_srv *s, kvp_sess **ss, int n) {
+    for (int i = 0; i < n; i++)
+        kvp_sess_fed(s, ss[i], kvp_ctx_decode(ss[i]->slot->ctx, &ss[i]->next_tok, 1, ss[i]->logits, 0));
+    kvp_sched_count_steps(s, n, n);
+}
+
+/* A prompt whose prefill ended in this round, stored once its first token is out. */
+typedef struct {
+    kvp_slot *slot;
+    int *toks, n;
+} kvp_sched_save;
+
+/* Feeds the next piece of the prompt; after the last one the session decodes (its first
+ * token is sampled in this round) and its prompt is noted in sv for the store. */
+static void kvp_sess_prefill(kvp_srv *s, kvp_sess *ss, int piece, kvp_sched_save *sv) {
     kvp_srv_job *j = ss->job;
     int b = KVP_MIN(piece, j->n_tokens - ss->fed), last = ss->fed + b == j->n_tokens;
     int rc = kvp_ctx_decode(ss->slot->ctx, j->tokens + ss->fed, b, last ? ss->logits : NULL, 0);
@@ -210,34 +263,43 @@ static void kvp_sess_prefill(kvp_srv *s, kvp_sess *ss, int piece) {
     ss->fed += b;
     if (!last) return;
     ss->state = KVP_SESS_DECODE;
-    kvp_slot *sl = ss->slot;
-    int no_reuse = j->no_reuse, n = j->n_tokens;
-    int *toks = no_reuse ? NULL : malloc(sizeof(int) * (size_t)n);
-    if (toks) memcpy(toks, j->tokens, sizeof(int) * (size_t)n);
-    kvp_sess_generate(s, ss); /* may end (and free) the session */
-    if (toks && kvp_ctx_pos(sl->ctx) >= n) kvp_sstore_save(s, sl, toks, n);
-    free(toks);
+    if (j->no_reuse || !(sv->toks = malloc(sizeof(int) * (size_t)j->n_tokens))) return;
+    memcpy(sv->toks, j->tokens, sizeof(int) * (size_t)j->n_tokens);
+    sv->n = j->n_tokens;
+    sv->slot = ss->slot;
 }
 
-static void kvp_sess_advance(kvp_srv *s, kvp_sess *ss, int piece) {
-    if (kvp_job_is_cancelled(ss->job)) kvp_sess_end(s, ss, KVP_SRV_FINISH_CANCELLED, 0, "cancelled");
-    else if (ss->state == KVP_SESS_PREFILL) kvp_sess_prefill(s, ss, piece);
-    else kvp_sess_generate(s, ss);
-}
-
-/* One step of every decoding session and of the oldest prefilling one: prompts are
- * prefilled one after another (first come, first served), so the first of several waiting
- * prompts gets its first token as early as it can, while every stream keeps moving. */
-static void kvp_sched_round(kvp_srv *s) {
-    int decoding = 0, k = 0, prefill = 0;
+/* Ends the cancelled sessions; advances the oldest prefilling one by a piece. */
+static void kvp_sched_prefill(kvp_srv *s, kvp_sched_save *sv) {
+    int decoding = 0;
     for (kvp_sess *ss = s->sessions; ss; ss = ss->next) decoding += ss->state == KVP_SESS_DECODE;
     int piece = decoding ? KVP_MIN(s->p.n_batch, KVP_PIECE_SHARED) : s->p.n_batch;
-    kvp_sess **order = malloc(sizeof *order * (size_t)(s->n_sessions ? s->n_sessions : 1));
-    if (!order) return;
-    for (kvp_sess *ss = s->sessions; ss; ss = ss->next)
-        if (ss->state == KVP_SESS_DECODE || !prefill++ || kvp_job_is_cancelled(ss->job)) order[k++] = ss;
-    for (int i = 0; i < k; i++) kvp_sess_advance(s, order[i], piece); /* a step may end its session */
-    free(order);
+    kvp_sess *pre = NULL, *next;
+    for (kvp_sess *ss = s->sessions; ss; ss = next) {
+        next = ss->next;
+        if (kvp_job_is_cancelled(ss->job)) kvp_sess_end(s, ss, KVP_SRV_FINISH_CANCELLED, 0, "cancelled");
+        else if (!pre && ss->state == KVP_SESS_PREFILL) pre = ss;
+    }
+    if (pre) kvp_sess_prefill(s, pre, piece, sv);
+}
+
+/* One round: the oldest prefilling session advances by a piece of its prompt (prompts are
+ * prefilled first come, first served, so the first of several waiting prompts gets its
+ * first token as early as it can); every decoding session (the one whose prefill just
+ * ended included) samples a token and feeds it, so every stream moves at every round. */
+static void kvp_sched_round(kvp_srv *s) {
+    kvp_sched_save sv = {NULL, NULL, 0};
+    kvp_sched_prefill(s, &sv);
+    int k = 0;
+    kvp_sess **go = s->b_sess, *next;
+    for (kvp_sess *ss = s->sessions; ss; ss = next) {
+        next = ss->next; /* sampling may end (and free) ss */
+        if (ss->state == KVP_SESS_DECODE && kvp_sess_sample(s, ss)) go[k++] = ss;
+    }
+    if (k > 1 && !s->p.serial_decode) kvp_sched_feed_batch(s, go, k);
+    else if (k > 0) kvp_sched_feed_serial(s, go, k);
+    if (sv.toks && kvp_ctx_pos(sv.slot->ctx) >= sv.n) kvp_sstore_save(s, sv.slot, sv.toks, sv.n);
+    free(sv.toks);
 }
 
 /* ---- gauges and shutdown ---- */

@@ -7,7 +7,7 @@
  * (sessions, queue, KV memory), reuses the longest prompt prefix it can find (an idle
  * context's cache, another session's cache, the in-memory cold tier, the context store),
  * prefills only the rest in pieces, and advances every running session by one token per
- * round, so every stream keeps moving. When the KV of all contexts exceeds the memory budget,
+ * round, all of them in one batched forward pass, so every stream keeps moving. When the KV of all contexts exceeds the memory budget,
  * idle caches are compressed into the cold tier, then dropped (their full chunks stay in the
  * store when there is one).
  *
@@ -43,6 +43,9 @@ typedef struct kvp_srv_params {
     int max_sessions;       /* sessions running at once; 0 = 16 */
     int max_queue;          /* jobs waiting for a session; more are refused; 0 = 64 */
     int max_idle;           /* idle contexts kept for their caches; 0 = max_sessions */
+    int serial_decode;      /* 1: each session's decode step is a forward pass of its own
+                               (round-robin); 0: the decoding sessions are stepped together in
+                               one batched pass (kvp_ctx_decode_batch) */
 } kvp_srv_params;
 
 kvp_srv_params kvp_srv_default_params(void);
@@ -155,6 +158,7 @@ typedef struct kvp_srv_stats {
     uint64_t requests, prompt_tokens, reused_tokens, prefilled_tokens, generated_tokens;
     uint64_t store_hits, store_misses, store_errors, store_chunks_written;
     uint64_t compressed, dropped, cancelled;
+    uint64_t decode_steps, decode_tokens; /* decode forward passes; session tokens they fed */
 } kvp_srv_stats;
 void kvp_srv_get_stats(kvp_srv *s, kvp_srv_stats *st);
 

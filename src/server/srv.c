@@ -329,7 +329,14 @@ static int kvp_srv_init(kvp_srv *s) {
     size_t kvd = (size_t)kvp_model_get_info(s->m)->n_kv_heads * (size_t)kvp_model_get_info(s->m)->head_dim;
     s->slots = calloc((size_t)s->max_slots, sizeof *s->slots);
     s->copy_buf = malloc(sizeof(float) * 64 * 2 * kvd * (size_t)kvp_model_get_info(s->m)->n_layers);
-    if (!s->slots || !s->copy_buf) return kvp_seterr(KVP_ENOMEM, "out of memory creating the server");
+    size_t ns = (size_t)s->p.max_sessions;
+    s->b_sess = malloc(sizeof *s->b_sess * ns);
+    s->b_ctxs = malloc(sizeof *s->b_ctxs * ns);
+    s->b_toks = malloc(sizeof(int) * ns);
+    s->b_status = malloc(sizeof(int) * ns);
+    s->b_logits = malloc(sizeof(float) * ns * (size_t)s->vocab);
+    if (!s->slots || !s->copy_buf || !s->b_sess || !s->b_ctxs || !s->b_toks || !s->b_status || !s->b_logits)
+        return kvp_seterr(KVP_ENOMEM, "out of memory creating the server");
     KVP_TRY(kvp_srv_check_cache(s));
     KVP_TRY(kvp_sstore_open(s));
     if (pthread_create(&s->thread, NULL, kvp_sched_main, s) != 0)
@@ -380,6 +387,11 @@ void kvp_srv_free(kvp_srv *s) {
     free(s->cold);
     free(s->slots);
     free(s->copy_buf);
+    free(s->b_sess);
+    free(s->b_ctxs);
+    free(s->b_toks);
+    free(s->b_status);
+    free(s->b_logits);
     kvp_sstore_close(&s->store);
     kvp_metrics_destroy(&s->metrics);
     pthread_mutex_destroy(&s->mu);
@@ -412,6 +424,8 @@ void kvp_srv_get_stats(kvp_srv *s, kvp_srv_stats *st) {
     st->compressed = m->compressed;
     st->dropped = m->dropped;
     st->cancelled = m->cancelled;
+    st->decode_steps = m->decode_steps;
+    st->decode_tokens = m->decode_rows;
     pthread_mutex_unlock(&m->mu);
     st->kv_memory = s->p.kv_memory;
 }

@@ -62,6 +62,7 @@ typedef struct kvp_metrics {
     uint64_t jobs, prompt_tokens, reused[5], prefilled, generated, cancelled;
     uint64_t store_hits, store_misses, store_errors, store_written;
     uint64_t compressed, dropped;
+    uint64_t decode_steps, decode_rows; /* decode forward passes; session tokens they fed */
     /* gauges, set by the scheduler each round */
     int sessions, queued, idle, cold_entries;
     uint64_t kv_hot, kv_cold;
@@ -105,6 +106,7 @@ struct kvp_sess {
     kvp_srv_job *job;
     kvp_slot *slot;
     int state, fed, n_gen, max_gen, last;
+    int next_tok;            /* the token sampled in this round, fed at its end */
     int finish;              /* KVP_SRV_FINISH_* once decided */
     size_t stop_at;          /* where a stop string starts in gen, or (size_t)-1 */
     kvp_sampler *smp;
@@ -145,6 +147,11 @@ struct kvp_srv {
     int n_sessions;
     kvp_srv_store store;
     float *copy_buf;         /* a piece of KV copied between contexts */
+    /* the batched decode step, max_sessions rows each */
+    kvp_sess **b_sess;
+    kvp_ctx **b_ctxs;
+    int *b_toks, *b_status;
+    float *b_logits;         /* (max_sessions, vocab) */
     kvp_metrics metrics;
 };
 
