@@ -359,7 +359,9 @@ static void kvp_xb_groups(kvp_xbatch *all, float *logits) {
         b.n = KVP_MIN(c->n_batch, all->n - g);
         b.ctxs += g, b.tokens += g, b.pos += g, b.rc += g, b.msg += g;
         b.parallel = kvp_pool_size(c->pool) > 1 && b.n >= kvp_pool_size(c->pool);
+        kvp_pool_unit_begin(c->pool, b.n == 1 ? 0 : -1); /* one row: a decode step; more: untimed */
         kvp_xb_forward(&b, logits ? logits + (size_t)g * V : NULL);
+        kvp_pool_unit_end(c->pool, b.n);
     }
 }
 
