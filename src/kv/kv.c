@@ -16,6 +16,31 @@ static int kvp_kv_check_shape(const kvp_kv_shape *s) {
     return KVP_OK;
 }
 
+int kvp_kv_step_check(const kvp_kv *kv, int pos, int n) {
+    if (pos != kv->n_pos)
+        return kvp_seterr(KVP_EINVAL, "KV cache: step at position %d, but %d positions are stored", pos, kv->n_pos);
+    if (n <= 0 || pos + n > kv->shape.n_ctx)
+        return kvp_seterr(KVP_ERANGE, "context is full: %d + %d tokens exceed the context of %d", pos, n,
+                          kv->shape.n_ctx);
+    return KVP_OK;
+}
+
+void **kvp_kv_scratch_new(int n, size_t bytes) {
+    void **scratch = calloc((size_t)n, sizeof *scratch);
+    if (!scratch) return NULL;
+    for (int i = 0; i < n; i++)
+        if (!(scratch[i] = kvp_amalloc(bytes))) {
+            kvp_kv_scratch_free(scratch, n);
+            return NULL;
+        }
+    return scratch;
+}
+
+void kvp_kv_scratch_free(void **scratch, int n) {
+    for (int i = 0; scratch && i < n; i++) kvp_afree(scratch[i]);
+    free(scratch);
+}
+
 int kvp_kv_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out) {
     *out = NULL;
     KVP_TRY(kvp_kv_check_shape(shape));

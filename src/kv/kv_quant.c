@@ -245,11 +245,7 @@ static void kvp_kivi_block_read(const kvp_kv_kivi *c, int layer, int b, float *k
 
 static int kvp_kivi_begin(kvp_kv *kv, int pos, int n, const int *tokens) {
     kvp_kv_kivi *c = (kvp_kv_kivi *)kv;
-    if (pos != kv->n_pos)
-        return kvp_seterr(KVP_EINVAL, "KV cache: step at position %d, but %d positions are stored", pos, kv->n_pos);
-    if (n <= 0 || pos + n > kv->shape.n_ctx)
-        return kvp_seterr(KVP_ERANGE, "context is full: %d + %d tokens exceed the context of %d", pos, n,
-                          kv->shape.n_ctx);
+    KVP_TRY(kvp_kv_step_check(kv, pos, n));
     c->step_pos = pos;
     c->step_n = n;
     return KVP_OK;
@@ -506,13 +502,12 @@ static void kvp_kivi_free(kvp_kv *kv) {
         free(c->reg[l].vp);
     }
     for (int l = 0; c->win && l < kv->shape.n_layers; l++) kvp_qwin_free(&c->win[l]);
-    for (int i = 0; c->scratch && i < c->n_scratch; i++) kvp_afree(c->scratch[i]);
     kvp_kx_free(&c->kx);
     kvp_mikv_hi_free(c->hi);
     free(c->reg);
     free(c->win);
     free(c->runs);
-    free(c->scratch);
+    kvp_kv_scratch_free(c->scratch, c->n_scratch);
     kvp_afree(c->qf);
     kvp_afree(c->qc);
     free(c);
@@ -579,14 +574,12 @@ static int kvp_kivi_alloc(kvp_kv_kivi *c) {
     c->win = calloc((size_t)s->n_layers, sizeof *c->win);
     c->qf = kvp_amalloc(sizeof(float) * 2 * (size_t)c->p.G * c->kvd);
     c->qc = kvp_amalloc(2 * (size_t)c->p.G * c->kvd);
-    c->n_scratch = kvp_pool_size(c->base.pool);
-    c->scratch = calloc((size_t)c->n_scratch, sizeof *c->scratch);
-    if (!c->win || !c->qf || !c->qc || !c->scratch || kvp_kivi_make_runs(c) < 0) return KVP_ENOMEM;
+    if (!c->win || !c->qf || !c->qc || kvp_kivi_make_runs(c) < 0) return KVP_ENOMEM;
     for (int l = 0; l < s->n_layers; l++) kvp_qwin_init(&c->win[l], c->nkv, c->hd);
     kvp_kivi_carve(c, NULL, &c->scratch_bytes);
-    for (int i = 0; i < c->n_scratch; i++)
-        if (!(c->scratch[i] = kvp_amalloc(c->scratch_bytes))) return KVP_ENOMEM;
-    return KVP_OK;
+    c->n_scratch = kvp_pool_size(c->base.pool);
+    c->scratch = kvp_kv_scratch_new(c->n_scratch, c->scratch_bytes);
+    return c->scratch ? KVP_OK : KVP_ENOMEM;
 }
 
 int kvp_kivi_create(const kvp_kivi_spec *p, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv_kivi **out) {
