@@ -3,6 +3,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/common.h"
 #include "kv.h"
@@ -39,6 +40,21 @@ void **kvp_kv_scratch_new(int n, size_t bytes) {
 void kvp_kv_scratch_free(void **scratch, int n) {
     for (int i = 0; scratch && i < n; i++) kvp_afree(scratch[i]);
     free(scratch);
+}
+
+int kvp_kv_spec_options(const char *tail, int (*opt)(const char *o, size_t len, void *arg), void *arg) {
+    if (*tail && *tail != ':') return -1;
+    for (const char *o = tail; *o == ':';) {
+        const char *e = strchr(o + 1, ':');
+        size_t len = e ? (size_t)(e - o - 1) : strlen(o + 1);
+        char buf[32];
+        if (len == 0 || len >= sizeof buf) return -1;
+        memcpy(buf, o + 1, len);
+        buf[len] = 0;
+        if (opt(buf, len, arg) < 0) return -1;
+        o += 1 + len;
+    }
+    return 0;
 }
 
 int kvp_kv_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out) {

@@ -75,6 +75,13 @@ void kvp_kv_free(kvp_kv *kv); /* accepts NULL */
  * cache's begin() calls it first. */
 int kvp_kv_step_check(const kvp_kv *kv, int pos, int n);
 
+/* Walks the options of a cache spec, the tail ":o1:o2..." after its name (e.g. ":r128:g32" of
+ * "k4v4:r128:g32"), calling opt(o, len, arg) for each with o a NUL-terminated copy of the option
+ * (len characters). Returns 0 when tail is empty or every option was accepted, -1 when tail does
+ * not start with ':', an option is empty or longer than 31 characters, or opt rejected one
+ * (returned < 0; the options before it have been applied). Sets no message: the caller does. */
+int kvp_kv_spec_options(const char *tail, int (*opt)(const char *o, size_t len, void *arg), void *arg);
+
 /* Allocates one scratch buffer per pool thread: a table of n pointers (n = kvp_pool_size of
  * the cache's pool) to buffers of `bytes` bytes each, 64-byte aligned and uninitialized. Returns
  * the table, owned by the caller and freed with kvp_kv_scratch_free(table, n), or NULL when an

@@ -49,11 +49,9 @@
 
 static int kvp_kivi_bits_ok(int b) { return b == 2 || b == 3 || b == 4 || b == 8; }
 
-static int kvp_kivi_option(const char *o, size_t len, kvp_kivi_spec *p) {
-    char buf[32];
-    if (len == 0 || len >= sizeof buf) return -1;
-    memcpy(buf, o, len);
-    buf[len] = 0;
+/* Applies one option (kvp_kv_spec_options) to the kvp_kivi_spec at arg; -1 rejects it. */
+static int kvp_kivi_option(const char *buf, size_t len, void *arg) {
+    kvp_kivi_spec *p = arg;
     int v, used = 0;
     if (kvp_kx_mode(buf) >= 0) p->xmode = kvp_kx_mode(buf);
     else if (!strcmp(buf, "a8")) p->a8 = 1;
@@ -67,14 +65,8 @@ static int kvp_kivi_parse(const char *spec, kvp_kivi_spec *p) {
     *p = (kvp_kivi_spec){0, 0, 128, 32, KVP_KX_NONE, 0};
     int used = 0;
     if (sscanf(spec, "k%dv%d%n", &p->kbits, &p->vbits, &used) != 2 || !kvp_kivi_bits_ok(p->kbits) ||
-        !kvp_kivi_bits_ok(p->vbits) || (spec[used] && spec[used] != ':'))
+        !kvp_kivi_bits_ok(p->vbits) || kvp_kv_spec_options(spec + used, kvp_kivi_option, p) < 0)
         goto bad;
-    for (const char *o = spec + used; *o == ':';) {
-        const char *e = strchr(o + 1, ':');
-        size_t len = e ? (size_t)(e - o - 1) : strlen(o + 1);
-        if (kvp_kivi_option(o + 1, len, p) < 0) goto bad;
-        o += 1 + len;
-    }
     return KVP_OK;
 bad:
     return kvp_seterr(KVP_EINVAL,
