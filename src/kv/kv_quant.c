@@ -115,18 +115,14 @@ static uint8_t *kvp_kivi_vpar(const kvp_kv_kivi *c, int l, int b, int g) {
 /* Per-channel scales and minimums of head h's keys in a block. */
 void kvp_kivi_kparams(const kvp_kv_kivi *c, int l, int b, int h, float *s, float *m) {
     const uint8_t *p = kvp_kivi_kpar(c, l, b, h);
-    kvp_qsuper sp;
-    memcpy(&sp, p + 2 * c->hd, sizeof sp);
-    kvp_qp_decode(p, p + c->hd, &sp, c->hd, s, m);
+    kvp_qp_block_get(p, c->hd, s, m);
 }
 
 /* Per-token scales and minimums of value group g in a block, as the kernels use them: for
  * 8-bit codes (stored minus 128) the minimum includes 128 s. */
 void kvp_kivi_vparams(const kvp_kv_kivi *c, int l, int b, int g, float *s, float *m) {
     const uint8_t *p = kvp_kivi_vpar(c, l, b, g);
-    kvp_qsuper sp;
-    memcpy(&sp, p + 2 * c->p.G, sizeof sp);
-    kvp_qp_decode(p, p + c->p.G, &sp, c->p.G, s, m);
+    kvp_qp_block_get(p, c->p.G, s, m);
     if (c->p.vbits == 8)
         for (int t = 0; t < c->p.G; t++) m[t] += 128.0f * s[t];
 }
@@ -148,10 +144,7 @@ static void kvp_kivi_quant_keys(kvp_kv_kivi *c, int l, int b, int h, const float
         }
     }
     uint8_t *par = kvp_kivi_kpar(c, l, b, h);
-    kvp_qsuper sp;
-    kvp_qp_encode(lo, hi, hd, qmax, par, par + hd, &sp);
-    memcpy(par + 2 * hd, &sp, sizeof sp);
-    kvp_qp_decode(par, par + hd, &sp, hd, s, m);
+    kvp_qp_block_put(par, lo, hi, hd, qmax, s, m);
     for (int ch = 0; ch < hd; ch++)
         for (int t = 0; t < G; t++)
             c->qc[(size_t)ch * G + t] = kvp_qp_code(kf[(size_t)t * c->kvd + (size_t)h * hd + ch], s[ch], m[ch], qmax);
@@ -161,7 +154,7 @@ static void kvp_kivi_quant_keys(kvp_kv_kivi *c, int l, int b, int h, const float
 /* Values vf (G, kv_dim): per-token groups; codes go to c->qc as (G, kv_dim). */
 static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, int l, int b, int g, const float *vf) {
     int G = c->p.G, qmax = (1 << c->p.vbits) - 1, c0, c1;
-    float lo[256], hi[256], s[256], m[256];
+    float lo[256] = {0}, hi[256] = {0}, s[256], m[256]; /* [0, G) set below */
     kvp_kivi_vrange(c, g, &c0, &c1);
     for (int t = 0; t < G; t++) {
         const float *x = vf + (size_t)t * c->kvd;
@@ -172,10 +165,7 @@ static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, int l, int b, int g, const flo
         }
     }
     uint8_t *par = kvp_kivi_vpar(c, l, b, g);
-    kvp_qsuper sp;
-    kvp_qp_encode(lo, hi, G, qmax, par, par + G, &sp);
-    memcpy(par + 2 * G, &sp, sizeof sp);
-    kvp_qp_decode(par, par + G, &sp, G, s, m);
+    kvp_qp_block_put(par, lo, hi, G, qmax, s, m);
     for (int t = 0; t < G; t++)
         for (int ch = c0; ch < c1; ch++)
             c->qc[(size_t)t * c->kvd + ch] =
