@@ -3,6 +3,7 @@
  * closing line "N passed, N failed"; exits 1 when any test failed.
  */
 #include <stdarg.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kvpack.h"
@@ -41,6 +42,25 @@ const char *kvt_model(const char *name) {
     if (access(path, R_OK) != 0)
         kvt_fail(__FILE__, __LINE__, "test model %s is missing (set KVPACK_MODELS)", path);
     return path;
+}
+
+const char *kvt_cli_path(void) {
+    const char *cli = getenv("KVP_CLI");
+    return cli && *cli ? cli : "build/kvpack";
+}
+
+int kvt_cli(const char *args, char *out, size_t cap) {
+    char cmd[8192], drop[4096];
+    const int len = snprintf(cmd, sizeof cmd, "%s %s 2>&1", kvt_cli_path(), args);
+    if (out && cap) out[0] = 0;
+    if (len < 0 || (size_t)len >= sizeof cmd) return -1;
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = out && cap ? fread(out, 1, cap - 1, p) : 0;
+    if (out && cap) out[n] = 0;
+    while (fread(drop, 1, sizeof drop, p) > 0) {}
+    const int st = pclose(p);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 static int kvt_cmp(const void *a, const void *b) {

@@ -21,6 +21,18 @@ int kvt_failed(void); /* 1 once the running test has failed */
  * file fails the test (models are present in CI: tests that need them never skip). */
 const char *kvt_model(const char *name);
 
+/* Path of the kvpack command-line binary the tests run: $KVP_CLI (`make test` sets it), else
+ * build/kvpack. The string is owned by the environment or is a literal: never free it. */
+const char *kvt_cli_path(void);
+
+/* Runs `kvpack ARGS` through the shell (ARGS is shell text: quote it as a user would) with stderr
+ * merged into stdout, and stores the first cap - 1 bytes of that output in out, NUL-terminated; the
+ * rest is read and dropped so that a long output cannot kill the command with SIGPIPE. out may be
+ * NULL (with cap 0) to drop all output. Returns the command's exit code, or -1 when it could not
+ * be started, the command line was too long, or the command did not exit normally. Blocks until
+ * the command ends. */
+int kvt_cli(const char *args, char *out, size_t cap);
+
 #define TEST(name)                                                              \
     static void kvt_test_##name(void);                                          \
     __attribute__((constructor)) static void kvt_reg_##name(void) {             \

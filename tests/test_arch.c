@@ -8,7 +8,6 @@
  * architectures' definitions, and (arch_llamacpp_greedy) kvpack's greedy continuations
  * with llama.cpp's on the same files.
  */
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/common.h"
@@ -417,19 +416,6 @@ TEST(arch_chat_templates) {
     kvp_model_free(m);
 }
 
-/* Runs `kvpack ARGS` (stderr merged); returns the exit code. */
-static int ka_cli(const char *args, char *out, size_t cap) {
-    const char *cli = getenv("KVP_CLI");
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", cli && *cli ? cli : "build/kvpack", args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    const int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TEST(arch_cli_tokenize_and_chat) {
     ka_model m;
     ka_make(&m, &(ka_spec){.arch = "qwen2", .head_dim = 8, .bias = 1, .bpe = 1,
@@ -439,18 +425,18 @@ TEST(arch_cli_tokenize_and_chat) {
     ka_free(&m);
     char args[512], out[4096];
     snprintf(args, sizeof args, "tokenize -m %s -p '<|im_start|>He!'", path);
-    CHECKF(ka_cli(args, out, sizeof out) == 0 && !strcmp(out, "257 256 33\n"), "got: %s", out);
+    CHECKF(kvt_cli(args, out, sizeof out) == 0 && !strcmp(out, "257 256 33\n"), "got: %s", out);
     snprintf(args, sizeof args, "tokenize -m %s -p '<|im_start|>He' --no-special --ids", path);
-    CHECKF(ka_cli(args, out, sizeof out) == 0 && !strncmp(out, "60 124 ", 7) && strstr(out, " 256\n"), "got: %s", out);
+    CHECKF(kvt_cli(args, out, sizeof out) == 0 && !strncmp(out, "60 124 ", 7) && strstr(out, " 256\n"), "got: %s", out);
     snprintf(args, sizeof args, "tokenize -m %s -p 'He' --ids --pieces", path);
-    CHECKF(ka_cli(args, out, sizeof out) == 2, "got: %s", out);
+    CHECKF(kvt_cli(args, out, sizeof out) == 2, "got: %s", out);
     snprintf(args, sizeof args, "chat -m %s -p Hello -n 5 --temp 0 --show-prompt", path);
-    CHECKF(ka_cli(args, out, sizeof out) == 0 && strstr(out, "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"),
+    CHECKF(kvt_cli(args, out, sizeof out) == 0 && strstr(out, "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"),
            "got: %s", out);
     snprintf(args, sizeof args, "chat -m %s --template llama9 -p Hello", path);
-    CHECKF(ka_cli(args, out, sizeof out) == 1 && strstr(out, "llama9"), "got: %s", out);
+    CHECKF(kvt_cli(args, out, sizeof out) == 1 && strstr(out, "llama9"), "got: %s", out);
     snprintf(args, sizeof args, "printf 'Hi\\n\\nthere\\n' | %s chat -m %s -n 3 --temp 0 --show-prompt 2>&1",
-             getenv("KVP_CLI") ? getenv("KVP_CLI") : "build/kvpack", path);
+             kvt_cli_path(), path);
     FILE *p = popen(args, "r");
     CHECK(p);
     size_t got = fread(out, 1, sizeof out - 1, p);

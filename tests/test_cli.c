@@ -3,24 +3,10 @@
  * `make test` sets it): real output on the shared models, and clear errors with non-zero
  * exit codes for bad input.
  */
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kvpack.h"
 #include "test.h"
-
-/* Runs `kvpack ARGS` with stderr merged into stdout; returns the exit code. */
-static int kvt_cli(const char *args, char *out, size_t cap) {
-    const char *cli = getenv("KVP_CLI");
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", cli && *cli ? cli : "build/kvpack", args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static char kvt_out[1 << 16];
 

@@ -10,7 +10,6 @@
  *   - compressed caches give the same logits for any thread count;
  *   - `kvpack eval` as a user runs it: table, CSV, JSON, SVG plot, recall, and errors.
  */
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kvpack.h"
@@ -233,18 +232,8 @@ TEST(eval_caches_thread_independent) {
 
 static char kvt_eval_out[1 << 16];
 
-/* Runs `kvpack ARGS` with stderr merged into stdout; returns the exit code. */
-static int kvt_eval_cli(const char *args) {
-    const char *cli = getenv("KVP_CLI");
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", cli && *cli ? cli : "build/kvpack", args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(kvt_eval_out, 1, sizeof kvt_eval_out - 1, p);
-    kvt_eval_out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+/* Runs `kvpack ARGS` (kvt_cli) with its merged output in kvt_eval_out; returns the exit code. */
+static int kvt_eval_cli(const char *args) { return kvt_cli(args, kvt_eval_out, sizeof kvt_eval_out); }
 
 TEST(cli_eval_text_table_json_plot) {
     char args[1024], svg[64];

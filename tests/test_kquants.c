@@ -581,19 +581,10 @@ TEST(kquants_randk_isa_agree) {
 
 /* `kvpack info` names every K-quant type of a file, and a model of them runs from the CLI. */
 TEST(kquants_cli_info_and_run) {
-    const char *cli = getenv("KVP_CLI");
-    char cmd[1024], out[8192];
-    snprintf(cmd, sizeof cmd, "%s info -m %s 2>&1", cli && *cli ? cli : "build/kvpack", kvt_model("randk-Q3_K_M.gguf"));
-    FILE *p = popen(cmd, "r");
-    CHECK(p);
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = 0;
-    CHECKF(pclose(p) == 0 && strstr(out, "mostly Q3_K") && strstr(out, "Q4_K x4") && strstr(out, "Q5_K x2") &&
+    char args[1024], out[8192];
+    snprintf(args, sizeof args, "info -m %s", kvt_model("randk-Q3_K_M.gguf"));
+    CHECKF(kvt_cli(args, out, sizeof out) == 0 && strstr(out, "mostly Q3_K") && strstr(out, "Q4_K x4") && strstr(out, "Q5_K x2") &&
            strstr(out, "Q6_K x1"), "got: %s", out);
-    snprintf(cmd, sizeof cmd, "%s run -m %s -p 'Tonight I' -n 12 --temp 0 2>&1", cli && *cli ? cli : "build/kvpack",
-             kvt_model("sotu-1M-Q4_K_M.gguf"));
-    CHECK((p = popen(cmd, "r")) != NULL);
-    n = fread(out, 1, sizeof out - 1, p);
-    out[n] = 0;
-    CHECKF(pclose(p) == 0 && !strncmp(out, "Tonight I ask you to pass\nthemical", 34), "got: %s", out);
+    snprintf(args, sizeof args, "run -m %s -p 'Tonight I' -n 12 --temp 0", kvt_model("sotu-1M-Q4_K_M.gguf"));
+    CHECKF(kvt_cli(args, out, sizeof out) == 0 && !strncmp(out, "Tonight I ask you to pass\nthemical", 34), "got: %s", out);
 }

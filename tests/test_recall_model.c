@@ -17,7 +17,6 @@
  * It holds a minimal generator of recall sequences (kvrecall-format.txt sections 4 and 5).
  */
 #include <stdint.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kvpack.h"
@@ -518,15 +517,6 @@ TEST(recall_model_load_memory_errors) {
     CHECK(kvp_synth_recall_gguf(NULL, &size) == KVP_EINVAL && kvp_synth_recall_write(NULL) == KVP_EINVAL);
 }
 
-/* Runs `kvpack ARGS` (KVP_CLI names the binary) with stderr discarded; returns the exit code. */
-static int kvt_recall_cli(const char *args) {
-    const char *cli = getenv("KVP_CLI");
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s %s 2>/dev/null", cli && *cli ? cli : "build/kvpack", args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* `kvpack synth --recall` writes a GGUF equal to the in-memory image, `--llama2c TOK` a
  * checkpoint kvpack loads, and `--llama2c` without `--recall` is a usage error. */
 TEST(recall_model_cli_synth) {
@@ -535,11 +525,11 @@ TEST(recall_model_cli_synth) {
     snprintf(bin, sizeof bin, "/tmp/kvt_cli_recall_%d.bin", (int)getpid());
     snprintf(tok, sizeof tok, "/tmp/kvt_cli_recall_tok_%d.bin", (int)getpid());
     snprintf(args, sizeof args, "synth --recall -o %s", path);
-    int st_gguf = kvt_recall_cli(args);
+    int st_gguf = kvt_cli(args, NULL, 0);
     snprintf(args, sizeof args, "synth --recall --llama2c %s -o %s", tok, bin);
-    int st_l2c = kvt_recall_cli(args);
+    int st_l2c = kvt_cli(args, NULL, 0);
     snprintf(args, sizeof args, "synth --llama2c %s -o %s", tok, bin);
-    int st_usage = kvt_recall_cli(args);
+    int st_usage = kvt_cli(args, NULL, 0);
     void *img = NULL;
     size_t size = 0, fsize = 0;
     char *file = kvt_slurp(path, &fsize);

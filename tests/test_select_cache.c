@@ -284,30 +284,42 @@ TEST(select_full_budget_equals_full_cache) {
     kvp_model_free(m);
 }
 
+/* Decodes 80 tokens of m (48 in one batch, then 32 one at a time; context 128, batch 16) under
+ * KV cache `kv` (NULL: the default) and policy `select` at a 30% budget, once on 1 thread and once
+ * on 3, into logits a and b, (80, vocab) floats each, owned by the caller. Returns 1 when a and b
+ * are identical bit for bit, 0 when they differ, or the negative KVP_E* code of a failed call.
+ * Shared with test_select_kq.c. */
+int kvt_sel_threads_identical(kvp_model *m, const char *kv, const char *select, float *a, float *b) {
+    int V = kvp_model_get_info(m)->vocab_size, tok[80], rc = 0;
+    for (int t = 0; t < 80; t++) tok[t] = t ? 3 + (t * 29) % 500 : 1;
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        kvp_ctx_params p = kvp_ctx_default_params();
+        kvp_ctx *c = NULL;
+        p.n_ctx = 128;
+        p.n_batch = 16;
+        p.n_threads = k ? 3 : 1;
+        if (kv) p.kv = kv;
+        p.select = select;
+        p.budget = "30%";
+        float *out = k ? b : a;
+        rc = kvp_ctx_new(m, &p, &c);
+        if (rc == 0) rc = kvp_ctx_decode(c, tok, 48, out, 1);
+        for (int t = 48; t < 80 && rc == 0; t++) rc = kvp_ctx_decode(c, &tok[t], 1, out + (size_t)t * V, 0);
+        kvp_ctx_free(c);
+    }
+    return rc < 0 ? rc : !memcmp(a, b, sizeof(float) * 80 * (size_t)V);
+}
+
 /* Results do not depend on the thread count: every policy, 1 and 3 threads, bit for bit. */
 TEST(select_threads_identical) {
     kvp_model *m = NULL;
     CHECK_OK(kvp_model_load(kvt_model("stories260K.gguf"), NULL, &m));
-    int V = kvp_model_get_info(m)->vocab_size, tok[80];
-    for (int t = 0; t < 80; t++) tok[t] = t ? 3 + (t * 29) % 500 : 1;
+    int V = kvp_model_get_info(m)->vocab_size;
     float *a = malloc(sizeof(float) * 80 * V), *b = malloc(sizeof(float) * 80 * V);
     CHECK(a && b);
     for (size_t i = 0; i < KVP_ARRAY_LEN(kvt_policies); i++) {
-        kvp_ctx *c[2] = {NULL, NULL};
-        for (int k = 0; k < 2; k++) {
-            kvp_ctx_params p = kvp_ctx_default_params();
-            p.n_ctx = 128;
-            p.n_batch = 16;
-            p.n_threads = k ? 3 : 1;
-            p.select = kvt_policies[i];
-            p.budget = "30%";
-            CHECK_OK(kvp_ctx_new(m, &p, &c[k]));
-            CHECK_OK(kvp_ctx_decode(c[k], tok, 48, k ? b : a, 1));
-            for (int t = 48; t < 80; t++) CHECK_OK(kvp_ctx_decode(c[k], &tok[t], 1, (k ? b : a) + (size_t)t * V, 0));
-        }
-        CHECKF(!memcmp(a, b, sizeof(float) * 80 * V), "%s", kvt_policies[i]);
-        kvp_ctx_free(c[0]);
-        kvp_ctx_free(c[1]);
+        const int same = kvt_sel_threads_identical(m, NULL, kvt_policies[i], a, b);
+        CHECKF(same == 1, "%s: %d (%s)", kvt_policies[i], same, same < 0 ? kvp_errmsg() : "logits differ");
     }
     free(a);
     free(b);

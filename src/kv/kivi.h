@@ -43,7 +43,7 @@ typedef struct {
     kvp_kxform kx;
     float *qf;              /* quantization scratch: K and V of a block, (2, G, kv_dim) */
     uint8_t *qc;            /* codes of a block, (G, kv_dim) */
-    uint8_t **scratch;      /* per thread */
+    void **scratch;         /* per thread (kvp_kv_scratch_new), scratch_bytes each */
     int n_scratch;
     size_t scratch_bytes;
     int step_pos, step_n;

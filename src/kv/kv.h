@@ -73,6 +73,26 @@ struct kvp_kv {
 int kvp_kv_new(const char *spec, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out);
 void kvp_kv_free(kvp_kv *kv); /* accepts NULL */
 
+/* Checks that a step over tokens [pos, pos + n) may begin: pos must be the next position
+ * (kv->n_pos) and the n >= 1 tokens must fit in the context. Returns KVP_OK, KVP_EINVAL (wrong
+ * position) or KVP_ERANGE (context full), with a message; never changes the cache. Every
+ * cache's begin() calls it first. */
+int kvp_kv_step_check(const kvp_kv *kv, int pos, int n);
+
+/* Walks the options of a cache spec, the tail ":o1:o2..." after its name (e.g. ":r128:g32" of
+ * "k4v4:r128:g32"), calling opt(o, len, arg) for each with o a NUL-terminated copy of the option
+ * (len characters). Returns 0 when tail is empty or every option was accepted, -1 when tail does
+ * not start with ':', an option is empty or longer than 31 characters, or opt rejected one
+ * (returned < 0; the options before it have been applied). Sets no message: the caller does. */
+int kvp_kv_spec_options(const char *tail, int (*opt)(const char *o, size_t len, void *arg), void *arg);
+
+/* Allocates one scratch buffer per pool thread: a table of n pointers (n = kvp_pool_size of
+ * the cache's pool) to buffers of `bytes` bytes each, 64-byte aligned and uninitialized. Returns
+ * the table, owned by the caller and freed with kvp_kv_scratch_free(table, n), or NULL when an
+ * allocation failed (nothing is then left allocated; no message is set). */
+void **kvp_kv_scratch_new(int n, size_t bytes);
+void kvp_kv_scratch_free(void **scratch, int n); /* frees the buffers and the table; accepts NULL */
+
 /* The full-precision cache (F32 or F16 storage) over pages of KVP_KV_PAGE tokens. */
 #define KVP_KV_PAGE 64
 int kvp_kv_full_new(int type, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv **out);

@@ -28,7 +28,7 @@ typedef struct {
     uint8_t **pages;    /* (n_layers, n_pages); NULL until used */
     int qb;             /* queries per attention task */
     int lds;            /* row stride of the score matrix (n_ctx rounded up to a page) */
-    float **scratch;    /* per thread: Q block, scores, output block */
+    void **scratch;     /* per thread (floats): Q block, scores, output block */
     int n_scratch;
     int step_pos, step_n;
 } kvp_kv_full;
@@ -49,11 +49,7 @@ static inline uint8_t *kvp_full_rows(const kvp_kv_full *c, int layer, int pg, in
 
 static int kvp_full_begin(kvp_kv *kv, int pos, int n, const int *tokens) {
     kvp_kv_full *c = (kvp_kv_full *)kv;
-    if (pos != kv->n_pos)
-        return kvp_seterr(KVP_EINVAL, "KV cache: step at position %d, but %d positions are stored", pos, kv->n_pos);
-    if (n <= 0 || pos + n > kv->shape.n_ctx)
-        return kvp_seterr(KVP_ERANGE, "context is full: %d + %d tokens exceed the context of %d", pos, n,
-                          kv->shape.n_ctx);
+    KVP_TRY(kvp_kv_step_check(kv, pos, n));
     c->step_pos = pos;
     c->step_n = n;
     return KVP_OK;
@@ -211,8 +207,7 @@ static void kvp_full_free(kvp_kv *kv) {
     kvp_kv_full *c = (kvp_kv_full *)kv;
     if (c->pages)
         for (size_t i = 0; i < (size_t)kv->shape.n_layers * (size_t)c->n_pages; i++) kvp_afree(c->pages[i]);
-    for (int i = 0; i < c->n_scratch; i++) kvp_afree(c->scratch ? c->scratch[i] : NULL);
-    free(c->scratch);
+    kvp_kv_scratch_free(c->scratch, c->n_scratch);
     free(c->pages);
     free(c);
 }
@@ -226,11 +221,8 @@ static int kvp_full_alloc(kvp_kv_full *c) {
     const kvp_kv_shape *s = &c->base.shape;
     c->pages = calloc((size_t)s->n_layers * (size_t)c->n_pages, sizeof *c->pages);
     c->n_scratch = kvp_pool_size(c->base.pool);
-    c->scratch = calloc((size_t)c->n_scratch, sizeof *c->scratch);
+    c->scratch = kvp_kv_scratch_new(c->n_scratch, sizeof(float) * kvp_full_scratch_floats(c));
     if (!c->pages || !c->scratch) return kvp_seterr(KVP_ENOMEM, "out of memory creating the KV cache");
-    for (int i = 0; i < c->n_scratch; i++)
-        if (!(c->scratch[i] = kvp_amalloc(sizeof(float) * kvp_full_scratch_floats(c))))
-            return kvp_seterr(KVP_ENOMEM, "out of memory creating the KV cache");
     return KVP_OK;
 }
 

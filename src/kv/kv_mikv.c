@@ -68,11 +68,9 @@ struct kvp_mikv_hi {
  * Spec.
  * ------------------------------------------------------------------------------------- */
 
-static int kvp_mikv_option(const char *o, size_t len, kvp_mikv_spec *p) {
-    char buf[32];
-    if (len == 0 || len >= sizeof buf) return -1;
-    memcpy(buf, o, len);
-    buf[len] = 0;
+/* Applies one option (kvp_kv_spec_options) to the kvp_mikv_spec at arg; -1 rejects it. */
+static int kvp_mikv_option(const char *buf, size_t len, void *arg) {
+    kvp_mikv_spec *p = arg;
     int v, used = 0;
     char k = buf[0];
     if (kvp_kx_mode(buf) >= 0) p->xmode = kvp_kx_mode(buf);
@@ -96,13 +94,7 @@ static int kvp_mikv_valid(const kvp_mikv_spec *p) {
 
 static int kvp_mikv_parse(const char *spec, kvp_mikv_spec *p) {
     *p = (kvp_mikv_spec){3, -1, 5, 64, 0, 32, KVP_KX_NONE, 0};
-    if (strncmp(spec, "mikv", 4) || (spec[4] && spec[4] != ':')) goto bad;
-    for (const char *o = spec + 4; *o == ':';) {
-        const char *e = strchr(o + 1, ':');
-        size_t len = e ? (size_t)(e - o - 1) : strlen(o + 1);
-        if (kvp_mikv_option(o + 1, len, p) < 0) goto bad;
-        o += 1 + len;
-    }
+    if (strncmp(spec, "mikv", 4) || kvp_kv_spec_options(spec + 4, kvp_mikv_option, p) < 0) goto bad;
     if (p->hbits < 0) p->hbits = p->lbits + 4;
     if (kvp_mikv_valid(p)) return KVP_OK;
 bad:

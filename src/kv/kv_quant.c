@@ -54,11 +54,9 @@ static int kvp_kivi_bits_ok(int b) { return b == 2 || b == 3 || b == 4 || b == 8
  * and below, docs/kv-quant.md), and decoding is 7-12% faster at 4096 tokens. */
 static int kvp_kivi_a8_default(const kvp_kivi_spec *p) { return p->kbits <= 4 && p->vbits <= 4; }
 
-static int kvp_kivi_option(const char *o, size_t len, kvp_kivi_spec *p) {
-    char buf[32];
-    if (len == 0 || len >= sizeof buf) return -1;
-    memcpy(buf, o, len);
-    buf[len] = 0;
+/* Applies one option (kvp_kv_spec_options) to the kvp_kivi_spec at arg; -1 rejects it. */
+static int kvp_kivi_option(const char *buf, size_t len, void *arg) {
+    kvp_kivi_spec *p = arg;
     int v, used = 0;
     if (kvp_kx_mode(buf) >= 0) p->xmode = kvp_kx_mode(buf);
     else if (!strcmp(buf, "a8")) p->a8 = 1;
@@ -73,14 +71,8 @@ static int kvp_kivi_parse(const char *spec, kvp_kivi_spec *p) {
     *p = (kvp_kivi_spec){0, 0, 128, 32, KVP_KX_NONE, -1}; /* a8 -1: the default, below */
     int used = 0;
     if (sscanf(spec, "k%dv%d%n", &p->kbits, &p->vbits, &used) != 2 || !kvp_kivi_bits_ok(p->kbits) ||
-        !kvp_kivi_bits_ok(p->vbits) || (spec[used] && spec[used] != ':'))
+        !kvp_kivi_bits_ok(p->vbits) || kvp_kv_spec_options(spec + used, kvp_kivi_option, p) < 0)
         goto bad;
-    for (const char *o = spec + used; *o == ':';) {
-        const char *e = strchr(o + 1, ':');
-        size_t len = e ? (size_t)(e - o - 1) : strlen(o + 1);
-        if (kvp_kivi_option(o + 1, len, p) < 0) goto bad;
-        o += 1 + len;
-    }
     if (p->a8 < 0) p->a8 = kvp_kivi_a8_default(p);
     return KVP_OK;
 bad:
@@ -130,18 +122,14 @@ static uint8_t *kvp_kivi_vpar(const kvp_kv_kivi *c, int l, int b, int g) {
 /* Per-channel scales and minimums of head h's keys in a block. */
 void kvp_kivi_kparams(const kvp_kv_kivi *c, int l, int b, int h, float *s, float *m) {
     const uint8_t *p = kvp_kivi_kpar(c, l, b, h);
-    kvp_qsuper sp;
-    memcpy(&sp, p + 2 * c->hd, sizeof sp);
-    kvp_qp_decode(p, p + c->hd, &sp, c->hd, s, m);
+    kvp_qp_block_get(p, c->hd, s, m);
 }
 
 /* Per-token scales and minimums of value group g in a block, as the kernels use them: for
  * 8-bit codes (stored minus 128) the minimum includes 128 s. */
 void kvp_kivi_vparams(const kvp_kv_kivi *c, int l, int b, int g, float *s, float *m) {
     const uint8_t *p = kvp_kivi_vpar(c, l, b, g);
-    kvp_qsuper sp;
-    memcpy(&sp, p + 2 * c->p.G, sizeof sp);
-    kvp_qp_decode(p, p + c->p.G, &sp, c->p.G, s, m);
+    kvp_qp_block_get(p, c->p.G, s, m);
     if (c->p.vbits == 8)
         for (int t = 0; t < c->p.G; t++) m[t] += 128.0f * s[t];
 }
@@ -163,10 +151,7 @@ static void kvp_kivi_quant_keys(kvp_kv_kivi *c, int l, int b, int h, const float
         }
     }
     uint8_t *par = kvp_kivi_kpar(c, l, b, h);
-    kvp_qsuper sp;
-    kvp_qp_encode(lo, hi, hd, qmax, par, par + hd, &sp);
-    memcpy(par + 2 * hd, &sp, sizeof sp);
-    kvp_qp_decode(par, par + hd, &sp, hd, s, m);
+    kvp_qp_block_put(par, lo, hi, hd, qmax, s, m);
     for (int ch = 0; ch < hd; ch++)
         for (int t = 0; t < G; t++)
             c->qc[(size_t)ch * G + t] = kvp_qp_code(kf[(size_t)t * c->kvd + (size_t)h * hd + ch], s[ch], m[ch], qmax);
@@ -176,7 +161,7 @@ static void kvp_kivi_quant_keys(kvp_kv_kivi *c, int l, int b, int h, const float
 /* Values vf (G, kv_dim): per-token groups; codes go to c->qc as (G, kv_dim). */
 static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, int l, int b, int g, const float *vf) {
     int G = c->p.G, qmax = (1 << c->p.vbits) - 1, c0, c1;
-    float lo[256], hi[256], s[256], m[256];
+    float lo[256] = {0}, hi[256] = {0}, s[256], m[256]; /* [0, G) set below */
     kvp_kivi_vrange(c, g, &c0, &c1);
     for (int t = 0; t < G; t++) {
         const float *x = vf + (size_t)t * c->kvd;
@@ -187,10 +172,7 @@ static void kvp_kivi_quant_vgroup(kvp_kv_kivi *c, int l, int b, int g, const flo
         }
     }
     uint8_t *par = kvp_kivi_vpar(c, l, b, g);
-    kvp_qsuper sp;
-    kvp_qp_encode(lo, hi, G, qmax, par, par + G, &sp);
-    memcpy(par + 2 * G, &sp, sizeof sp);
-    kvp_qp_decode(par, par + G, &sp, G, s, m);
+    kvp_qp_block_put(par, lo, hi, G, qmax, s, m);
     for (int t = 0; t < G; t++)
         for (int ch = c0; ch < c1; ch++)
             c->qc[(size_t)t * c->kvd + ch] =
@@ -252,11 +234,7 @@ static void kvp_kivi_block_read(const kvp_kv_kivi *c, int layer, int b, float *k
 
 static int kvp_kivi_begin(kvp_kv *kv, int pos, int n, const int *tokens) {
     kvp_kv_kivi *c = (kvp_kv_kivi *)kv;
-    if (pos != kv->n_pos)
-        return kvp_seterr(KVP_EINVAL, "KV cache: step at position %d, but %d positions are stored", pos, kv->n_pos);
-    if (n <= 0 || pos + n > kv->shape.n_ctx)
-        return kvp_seterr(KVP_ERANGE, "context is full: %d + %d tokens exceed the context of %d", pos, n,
-                          kv->shape.n_ctx);
+    KVP_TRY(kvp_kv_step_check(kv, pos, n));
     c->step_pos = pos;
     c->step_n = n;
     return KVP_OK;
@@ -513,13 +491,12 @@ static void kvp_kivi_free(kvp_kv *kv) {
         free(c->reg[l].vp);
     }
     for (int l = 0; c->win && l < kv->shape.n_layers; l++) kvp_qwin_free(&c->win[l]);
-    for (int i = 0; c->scratch && i < c->n_scratch; i++) kvp_afree(c->scratch[i]);
     kvp_kx_free(&c->kx);
     kvp_mikv_hi_free(c->hi);
     free(c->reg);
     free(c->win);
     free(c->runs);
-    free(c->scratch);
+    kvp_kv_scratch_free(c->scratch, c->n_scratch);
     kvp_afree(c->qf);
     kvp_afree(c->qc);
     free(c);
@@ -586,14 +563,12 @@ static int kvp_kivi_alloc(kvp_kv_kivi *c) {
     c->win = calloc((size_t)s->n_layers, sizeof *c->win);
     c->qf = kvp_amalloc(sizeof(float) * 2 * (size_t)c->p.G * c->kvd);
     c->qc = kvp_amalloc(2 * (size_t)c->p.G * c->kvd);
-    c->n_scratch = kvp_pool_size(c->base.pool);
-    c->scratch = calloc((size_t)c->n_scratch, sizeof *c->scratch);
-    if (!c->win || !c->qf || !c->qc || !c->scratch || kvp_kivi_make_runs(c) < 0) return KVP_ENOMEM;
+    if (!c->win || !c->qf || !c->qc || kvp_kivi_make_runs(c) < 0) return KVP_ENOMEM;
     for (int l = 0; l < s->n_layers; l++) kvp_qwin_init(&c->win[l], c->nkv, c->hd);
     kvp_kivi_carve(c, NULL, &c->scratch_bytes);
-    for (int i = 0; i < c->n_scratch; i++)
-        if (!(c->scratch[i] = kvp_amalloc(c->scratch_bytes))) return KVP_ENOMEM;
-    return KVP_OK;
+    c->n_scratch = kvp_pool_size(c->base.pool);
+    c->scratch = kvp_kv_scratch_new(c->n_scratch, c->scratch_bytes);
+    return c->scratch ? KVP_OK : KVP_ENOMEM;
 }
 
 int kvp_kivi_create(const kvp_kivi_spec *p, const kvp_kv_shape *shape, kvp_pool *pool, kvp_kv_kivi **out) {

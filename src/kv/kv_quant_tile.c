@@ -81,6 +81,19 @@ void kvp_qp_decode(const uint8_t *sc, const uint8_t *mc, const kvp_qsuper *sp, i
     }
 }
 
+void kvp_qp_block_put(uint8_t *par, const float *lo, const float *hi, int n, int qmax, float *s, float *m) {
+    kvp_qsuper sp;
+    kvp_qp_encode(lo, hi, n, qmax, par, par + n, &sp);
+    memcpy(par + 2 * n, &sp, sizeof sp);
+    kvp_qp_decode(par, par + n, &sp, n, s, m);
+}
+
+void kvp_qp_block_get(const uint8_t *par, int n, float *s, float *m) {
+    kvp_qsuper sp;
+    memcpy(&sp, par + 2 * n, sizeof sp);
+    kvp_qp_decode(par, par + n, &sp, n, s, m);
+}
+
 void kvp_qp_token_f16(const float *x, int n, int qmax, uint16_t *s, uint16_t *m) {
     float lo = x[0], hi = x[0];
     for (int i = 1; i < n; i++) {

@@ -100,11 +100,7 @@ static int kvp_ev_max_n(const kvp_kv_evict *c, int layer) {
 static int kvp_ev_begin(kvp_kv *kv, int pos, int n, const int *tokens) {
     kvp_kv_evict *c = (kvp_kv_evict *)kv;
     (void)tokens;
-    if (pos != kv->n_pos)
-        return kvp_seterr(KVP_EINVAL, "KV cache: step at position %d, but %d positions are stored", pos, kv->n_pos);
-    if (n <= 0 || pos + n > kv->shape.n_ctx)
-        return kvp_seterr(KVP_ERANGE, "context is full: %d + %d tokens exceed the context of %d", pos, n,
-                          kv->shape.n_ctx);
+    KVP_TRY(kvp_kv_step_check(kv, pos, n));
     c->step_pos = pos;
     c->step_n = n;
     c->max_att = 0;

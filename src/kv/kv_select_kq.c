@@ -74,10 +74,7 @@ static void kvp_kq_keys(const kvp_kq_fmt *f, kvp_kq_tile *t, const float *k, int
             hi[c] = fmaxf(hi[c], k[(size_t)i * hd + c]);
         }
     }
-    kvp_qsuper sp;
-    kvp_qp_encode(lo, hi, hd, qmax, par, par + hd, &sp);
-    memcpy(par + 2 * hd, &sp, sizeof sp);
-    kvp_qp_decode(par, par + hd, &sp, hd, s, m);
+    kvp_qp_block_put(par, lo, hi, hd, qmax, s, m);
     for (int c = 0; c < hd; c++)
         for (int i = 0; i < n; i++) codes[(size_t)c * KVP_KQ_T + i] = kvp_qp_code(k[(size_t)i * hd + c], s[c], m[c], qmax);
     kvp_qt_pack_k(codes, hd, KVP_KQ_T, f->kbits, t->mem);
@@ -109,9 +106,7 @@ static void kvp_kq_key_read(const kvp_kq_fmt *f, const kvp_kq_tile *t, int lane,
     uint8_t codes[KVP_QHD_MAX];
     float s[KVP_QHD_MAX], m[KVP_QHD_MAX];
     const uint8_t *par = t->mem + f->off_kp;
-    kvp_qsuper sp;
-    memcpy(&sp, par + 2 * f->hd, sizeof sp);
-    kvp_qp_decode(par, par + f->hd, &sp, f->hd, s, m);
+    kvp_qp_block_get(par, f->hd, s, m);
     kvp_qt_get_k(t->mem, f->hd, KVP_KQ_T, f->kbits, lane, codes);
     for (int c = 0; c < f->hd; c++) k[c] = m[c] + s[c] * (float)codes[c];
 }
@@ -290,9 +285,7 @@ static int kvp_kq_tile_floats(const kvp_kq_fmt *f, const kvp_kq_tile *t, int val
     if (val) kvp_qt_unpack_v(t->mem + f->off_vt, T, hd, f->vbits, codes); /* (T, hd) */
     else {
         const uint8_t *par = t->mem + f->off_kp;
-        kvp_qsuper sp;
-        memcpy(&sp, par + 2 * hd, sizeof sp);
-        kvp_qp_decode(par, par + hd, &sp, hd, s, m);
+        kvp_qp_block_get(par, hd, s, m);
         kvp_qt_unpack_k(t->mem, hd, T, f->kbits, codes); /* (hd, T) */
     }
     for (int l = 0; l < T; l++) {

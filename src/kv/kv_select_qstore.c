@@ -45,23 +45,6 @@ static kvp_kq_stream *kvp_tq_q(const kvp_tstore_kq *s, int layer, int h) {
 
 static int kvp_tq_popcount(uint32_t x) { return __builtin_popcount(x); }
 
-/* Grows a stream (its F16 rows, positions and aux values) to `need` slots. */
-static int kvp_tq_grow(kvp_tstore_kq *s, kvp_tstream *st, int need) {
-    if (need <= st->cap) return KVP_OK;
-    int cap = KVP_MAX(need, KVP_MAX(64, st->cap * 2));
-    size_t rb = kvp_tq_f16_row(s), na = (size_t)s->base.n_aux;
-    uint8_t *k = realloc(st->k, (size_t)cap * rb), *v = k ? realloc(st->v, (size_t)cap * rb) : NULL;
-    if (k) st->k = k;
-    if (v) st->v = v;
-    int *pos = v ? realloc(st->pos, sizeof(int) * (size_t)cap) : NULL;
-    if (pos) st->pos = pos;
-    float *aux = pos && na ? realloc(st->aux, sizeof(float) * (size_t)cap * na) : NULL;
-    if (aux) st->aux = aux;
-    if (!k || !v || !pos || (na && !aux)) return kvp_seterr(KVP_ENOMEM, "out of memory growing the token store");
-    st->cap = cap;
-    return KVP_OK;
-}
-
 /* Appends a tile made from F16 rows [0, T) of the stream. */
 static int kvp_tq_add_tile(const kvp_tstore_kq *s, const kvp_tstream *st, kvp_kq_stream *q) {
     int hd = s->base.head_dim, T = KVP_KQ_T;
@@ -101,7 +84,7 @@ static int kvp_tq_append(kvp_tstore *ts, int layer, int pos, int n, const float 
     for (int h = 0; h < ts->n_kv_heads; h++) {
         kvp_tstream *st = kvp_tstore_stream(ts, layer, h);
         kvp_kq_stream *q = kvp_tq_q(s, layer, h);
-        KVP_TRY(kvp_tq_grow(s, st, st->n + n));
+        KVP_TRY(kvp_tstream_grow(st, st->n + n, rb, ts->n_aux)); /* its F16 rows, positions, aux */
         KVP_TRY(kvp_tq_age(s, st, q));
         for (int i = 0; i < n; i++) {
             size_t row = (size_t)(st->n - q->nq + i) * rb;
@@ -220,17 +203,11 @@ static void kvp_tq_reset(kvp_tstore *ts) {
 static void kvp_tq_free(kvp_tstore *ts) {
     kvp_tstore_kq *s = (kvp_tstore_kq *)ts;
     if (!ts) return;
-    for (int i = 0; ts->st && i < ts->n_layers * ts->n_kv_heads; i++) {
-        free(ts->st[i].k);
-        free(ts->st[i].v);
-        free(ts->st[i].pos);
-        free(ts->st[i].aux);
-    }
+    kvp_tstore_free_streams(ts);
     for (int i = 0; s->q && i < ts->n_layers * ts->n_kv_heads; i++) {
         kvp_tq_clear(&s->q[i]);
         free(s->q[i].t);
     }
-    free(ts->st);
     free(s->q);
     free(s);
 }

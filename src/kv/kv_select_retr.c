@@ -194,11 +194,7 @@ static int kvp_rt_grow(kvp_kv_retr *c, int need) {
 
 static int kvp_rt_begin(kvp_kv *kv, int pos, int n, const int *tokens) {
     kvp_kv_retr *c = (kvp_kv_retr *)kv;
-    if (pos != kv->n_pos)
-        return kvp_seterr(KVP_EINVAL, "KV cache: step at position %d, but %d positions are stored", pos, kv->n_pos);
-    if (n <= 0 || pos + n > kv->shape.n_ctx)
-        return kvp_seterr(KVP_ERANGE, "context is full: %d + %d tokens exceed the context of %d", pos, n,
-                          kv->shape.n_ctx);
+    KVP_TRY(kvp_kv_step_check(kv, pos, n));
     KVP_TRY(kvp_rt_grow(c, c->n_blk + n));
     const uint8_t *ends = c->kind == KVP_RT_SENT ? c->sent_end : NULL;
     for (int i = 0; i < n; i++) {

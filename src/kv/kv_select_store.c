@@ -20,11 +20,10 @@ typedef struct {
 
 static size_t kvp_ts_row_bytes(const kvp_tstore_rows *s) { return (size_t)s->base.head_dim * s->esz; }
 
-/* Grows a stream to hold at least `need` slots. */
-static int kvp_ts_grow(kvp_tstore_rows *s, kvp_tstream *st, int need) {
+int kvp_tstream_grow(kvp_tstream *st, int need, size_t row_bytes, int n_aux) {
     if (need <= st->cap) return KVP_OK;
     int cap = KVP_MAX(need, KVP_MAX(64, st->cap * 2));
-    size_t rb = kvp_ts_row_bytes(s), na = (size_t)s->base.n_aux;
+    size_t rb = row_bytes, na = (size_t)n_aux;
     uint8_t *k = realloc(st->k, (size_t)cap * rb), *v = k ? realloc(st->v, (size_t)cap * rb) : NULL;
     if (k) st->k = k;
     if (v) st->v = v;
@@ -35,6 +34,17 @@ static int kvp_ts_grow(kvp_tstore_rows *s, kvp_tstream *st, int need) {
     if (!k || !v || !pos || (na && !aux)) return kvp_seterr(KVP_ENOMEM, "out of memory growing the token store");
     st->cap = cap;
     return KVP_OK;
+}
+
+void kvp_tstore_free_streams(kvp_tstore *ts) {
+    for (int i = 0; ts->st && i < ts->n_layers * ts->n_kv_heads; i++) {
+        free(ts->st[i].k);
+        free(ts->st[i].v);
+        free(ts->st[i].pos);
+        free(ts->st[i].aux);
+    }
+    free(ts->st);
+    ts->st = NULL;
 }
 
 static void kvp_ts_put(const kvp_tstore_rows *s, uint8_t *dst, const float *x) {
@@ -48,7 +58,7 @@ static int kvp_ts_append(kvp_tstore *ts, int layer, int pos, int n, const float 
     size_t rb = kvp_ts_row_bytes(s);
     for (int h = 0; h < ts->n_kv_heads; h++) {
         kvp_tstream *st = kvp_tstore_stream(ts, layer, h);
-        KVP_TRY(kvp_ts_grow(s, st, st->n + n));
+        KVP_TRY(kvp_tstream_grow(st, st->n + n, rb, ts->n_aux));
         for (int i = 0; i < n; i++) {
             int slot = st->n + i;
             kvp_ts_put(s, st->k + (size_t)slot * rb, k + (size_t)i * kvd + (size_t)h * hd);
@@ -124,13 +134,7 @@ static void kvp_ts_reset(kvp_tstore *ts) {
 
 static void kvp_ts_free(kvp_tstore *ts) {
     if (!ts) return;
-    for (int i = 0; ts->st && i < ts->n_layers * ts->n_kv_heads; i++) {
-        free(ts->st[i].k);
-        free(ts->st[i].v);
-        free(ts->st[i].pos);
-        free(ts->st[i].aux);
-    }
-    free(ts->st);
+    kvp_tstore_free_streams(ts);
     free(ts);
 }
 

@@ -39,6 +39,14 @@ typedef struct kvp_qsuper {
 void kvp_qp_encode(const float *lo, const float *hi, int n, int qmax, uint8_t *sc, uint8_t *mc, kvp_qsuper *sp);
 /* s[i] = d * sc[i], m[i] = mlo + dm * mc[i]. */
 void kvp_qp_decode(const uint8_t *sc, const uint8_t *mc, const kvp_qsuper *sp, int n, float *s, float *m);
+/* A parameter block of n groups as the caches store it: the n scale codes, the n minimum codes,
+ * then the kvp_qsuper (KVP_QSUPER_BYTES), 2 n + KVP_QSUPER_BYTES bytes at par (no alignment).
+ * kvp_qp_block_put encodes the ranges [lo[i], hi[i]] (kvp_qp_encode) into it and decodes it back
+ * into the scales s and minimums m, (n) each, that codes must be made with; kvp_qp_block_get
+ * decodes a stored block into s and m. */
+void kvp_qp_block_put(uint8_t *par, const float *lo, const float *hi, int n, int qmax, float *s, float *m);
+void kvp_qp_block_get(const uint8_t *par, int n, float *s, float *m);
+
 /* The code of x in a group (s, m): round((x - m) / s) clamped to [0, qmax]; 0 when s = 0. */
 static inline uint8_t kvp_qp_code(float x, float s, float m, int qmax) {
     if (!(s > 0)) return 0;

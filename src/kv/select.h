@@ -211,6 +211,15 @@ static inline kvp_tstream *kvp_tstore_stream(const kvp_tstore *ts, int layer, in
     return &ts->st[(size_t)layer * (size_t)ts->n_kv_heads + (size_t)h];
 }
 
+/* Grows a stream to hold at least `need` slots (doubling, 64 at least): its K and V rows of
+ * row_bytes each, its positions and its n_aux values per slot, keeping the stored slots. Returns
+ * KVP_OK, or KVP_ENOMEM with a message and the stream still valid at its old capacity (arrays
+ * already grown stay grown). Shared by the token stores. */
+int kvp_tstream_grow(kvp_tstream *st, int need, size_t row_bytes, int n_aux);
+/* Frees every stream's arrays and the stream table ts->st (which may be NULL), and sets it to
+ * NULL; the store itself and its implementation's fields are the caller's to free. */
+void kvp_tstore_free_streams(kvp_tstore *ts);
+
 /* A store of F32 or F16 rows (type KVP_TYPE_F32 or KVP_TYPE_F16). */
 int kvp_tstore_new(int type, int n_layers, int n_kv_heads, int head_dim, int n_aux, kvp_tstore **out);
 /* A store of KQ rows (kXvY) with the `recent` latest positions of every stream in F16
