@@ -104,6 +104,9 @@ TEST(serve_engine_copy_from_running_session) {
     CHECK(s);
     int n = 0, err = 0, *ids = kvt_tok(m, kvt_story, &n);
     CHECK(ids);
+    char prompt[1024]; /* the expected text first: the long session must still run after it */
+    snprintf(prompt, sizeof prompt, "%s One day, Mia saw", kvt_story);
+    char *want = kvt_run_greedy(kvt_model("stories260K.gguf"), prompt, 24);
     kvp_srv_req r = {ids, n, 380, {0, 0, 1, 1}, NULL, 0, -1, 1, 0, NULL, NULL, NULL};
     kvp_srv_job *long_job = NULL;
     CHECK_OK(kvp_srv_submit(s, &r, &long_job, &err));
@@ -112,9 +115,6 @@ TEST(serve_engine_copy_from_running_session) {
         kvp_srv_job_wait(long_job, 0, 0, 1, 100);
         kvp_srv_job_status(long_job, &st);
     }
-    char prompt[1024];
-    snprintf(prompt, sizeof prompt, "%s One day, Mia saw", kvt_story);
-    char *want = kvt_run_greedy(kvt_model("stories260K.gguf"), prompt, 24);
     kvp_srv_view v;
     CHECK_OK(kvt_job(s, prompt, 24, NULL, 0, &v));
     kvp_srv_job_status(long_job, &st);
