@@ -13,6 +13,7 @@
 #include "codec/plane.h"
 #include "codec/rans.h"
 #include "common/common.h"
+#include "kernels/kernels.h"
 #include "kvpack.h"
 #include "test.h"
 
@@ -239,4 +240,90 @@ TEST(codec_plane_survives_flipped_bits) {
     }
     kvp_plane_work_free(&w);
     free(x), free(y), free(out), free(bad);
+}
+
+/* ---- keys before the rotary embedding ---- */
+
+/* The table holds the exact angles (within float rounding) even far into a long context. */
+TEST(codec_rotary_table_exact) {
+    static const int hds[] = {2, 7, 8, 32, 64};
+    for (size_t h = 0; h < KVP_ARRAY_LEN(hds); h++) {
+        int hd = hds[h], np = hd / 2, n = 301, pos = 1000003;
+        float *cs = malloc(sizeof(float) * (size_t)n * np), *sn = malloc(sizeof(float) * (size_t)n * np);
+        kvp_rotary_table(pos, n, hd, 10000.0, cs, sn);
+        double worst = 0;
+        for (int t = 0; t < n; t++)
+            for (int k = 0; k < np; k++) {
+                double a = (double)(pos + t) * pow(10000.0, -2.0 * k / hd);
+                worst = fmax(worst, fabs(cs[t * np + k] - cos(a)) + fabs(sn[t * np + k] - sin(a)));
+            }
+        CHECKF(worst < 1e-6, "head dim %d: angle error %g", hd, worst);
+        free(cs), free(sn);
+    }
+}
+
+/* Rotating forward matches the engine's rotary embedding (both pair layouts), and back then
+ * forward returns the input within float rounding; an odd last channel is left alone. */
+TEST(codec_rotary_matches_rope) {
+    enum { N = 37, H = 3 };
+    static const int hds[] = {2, 5, 8, 16};
+    for (size_t h = 0; h < KVP_ARRAY_LEN(hds); h++)
+        for (int style = KVP_ROPE_NORM; style <= KVP_ROPE_NEOX; style++) {
+            int hd = hds[h], np = hd / 2, d = H * hd, pos = 4093;
+            float *x = malloc(sizeof(float) * N * d), *y = malloc(sizeof(float) * N * d), *z = malloc(sizeof(float) * N * d);
+            float *cs = malloc(sizeof(float) * N * np), *sn = malloc(sizeof(float) * N * np);
+            unsigned long long s = 99 + hd;
+            for (int i = 0; i < N * d; i++) x[i] = (float)((s = s * 6364136223846793005ull + 1442695040888963407ull) >> 40) / 1e6f - 8.0f;
+            memcpy(y, x, sizeof(float) * N * d);
+            memcpy(z, x, sizeof(float) * N * d);
+            kvp_rotary_table(pos, N, hd, 10000.0, cs, sn);
+            kvp_rotary_apply(y, N, H, hd, style, cs, sn, 1);
+            double e_rope = 0, e_trip = 0;
+            for (int t = 0; t < N; t++) kvp_rope(z + (size_t)t * d, H, hd, pos + t, 10000.0f, style, NULL);
+            for (int i = 0; i < N * d; i++) e_rope = fmax(e_rope, fabs(y[i] - z[i]));
+            kvp_rotary_apply(y, N, H, hd, style, cs, sn, -1);
+            for (int i = 0; i < N * d; i++) e_trip = fmax(e_trip, fabs(y[i] - x[i]));
+            CHECKF(e_rope < 2e-3 && e_trip < 1e-5, "head dim %d style %d: vs rope %g, round trip %g", hd, style, e_rope, e_trip);
+            if (hd % 2)
+                for (int t = 0; t < N; t++) CHECK(y[(size_t)t * d + hd - 1] == x[(size_t)t * d + hd - 1]);
+            free(x), free(y), free(z), free(cs), free(sn);
+        }
+}
+
+/* A chunk with rotated keys decodes within sqrt(2) half steps; lossless chunks never rotate;
+ * the chunk's rotary fields are checked. */
+TEST(codec_chunk_rotary) {
+    kvp_chunk_shape s = {2, 2, 8, 10000.0f, KVP_ROPE_NEOX};
+    int n = 77, d = 16, pos = 513;
+    size_t N = (size_t)n * d, cap = kvp_chunk_bound(&s, n), size = 0;
+    float *kv = malloc(sizeof(float) * 4 * N), *out = malloc(sizeof(float) * 4 * N);
+    uint8_t *buf = malloc(cap);
+    kvt_plane_data(kv, 4 * n, d, KVP_PLANE_LOSSY, 5);
+    kvp_codec *cd = NULL;
+    CHECK_OK(kvp_codec_new(NULL, &cd));
+    CHECK_OK(kvp_chunk_encode(cd, &s, pos, n, KVP_LEVEL_MEDIUM, kv, NULL, buf, cap, &size));
+    CHECK(buf[5] == (KVP_CHUNK_ROTARY | KVP_CHUNK_NEOX) && kvp_rd32(buf + 20) == 0x461c4000);
+    CHECK_OK(kvp_chunk_decode(cd, &s, pos, n, KVP_LEVEL_MEDIUM, buf, size, out));
+    for (int p = 0; p < 4; p++) {
+        double ss = 0;
+        for (size_t i = 0; i < N; i++) ss += (double)kv[p * N + i] * kv[p * N + i];
+        float half = kvp_codec_step(KVP_LEVEL_MEDIUM, p % 2, sqrt(ss / (double)N), 1.0) / 2 * (p % 2 ? 1.0f : 1.4143f);
+        for (size_t i = 0; i < N; i++)
+            CHECKF(fabsf(out[p * N + i] - kv[p * N + i]) <= half * 1.001f + 1e-5f, "plane %d value %zu", p, i);
+    }
+    uint8_t save = buf[5];
+    buf[5] = KVP_CHUNK_NEOX; /* split-halves flag without the rotary flag */
+    CHECK(kvp_chunk_decode(cd, &s, pos, n, -1, buf, size, out) == KVP_EFORMAT);
+    buf[5] = save | 4; /* unknown flag */
+    CHECK(kvp_chunk_decode(cd, &s, pos, n, -1, buf, size, out) == KVP_EFORMAT);
+    buf[5] = save;
+    kvp_wr32(buf + 20, 0x7f800000); /* infinite base */
+    CHECK(kvp_chunk_decode(cd, &s, pos, n, -1, buf, size, out) == KVP_EFORMAT);
+    for (int i = 0; i < 4 * (int)N; i++) kv[i] = kvp_f16_to_f32(kvp_f32_to_f16(kv[i]));
+    CHECK_OK(kvp_chunk_encode(cd, &s, pos, n, KVP_LEVEL_LOSSLESS, kv, NULL, buf, cap, &size));
+    CHECK(buf[5] == 0 && kvp_rd32(buf + 20) == 0);
+    CHECK_OK(kvp_chunk_decode(cd, &s, pos, n, KVP_LEVEL_LOSSLESS, buf, size, out));
+    CHECK(kvt_bits_equal(kv, out, 4 * N));
+    kvp_codec_free(cd);
+    free(kv), free(out), free(buf);
 }
