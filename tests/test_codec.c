@@ -202,6 +202,8 @@ TEST(codec_plane_roundtrip_odd_sizes) {
             if (kvt_failed()) return;
         }
     kvt_plane_case(100, 16, KVP_PLANE_LOSSY, 1e-4f); /* fine steps: large residuals and raw bits */
+    for (float step = 0.002f; step < 1.0f; step *= 3.0f) /* mixed escapes, every renormalization pattern */
+        kvt_plane_case(203, 20, KVP_PLANE_LOSSY, step);
     kvt_plane_case(100, 16, KVP_PLANE_LOSSY, 100.0f); /* coarse: everything rounds to zero */
 }
 
@@ -326,4 +328,30 @@ TEST(codec_chunk_rotary) {
     CHECK(kvt_bits_equal(kv, out, 4 * N));
     kvp_codec_free(cd);
     free(kv), free(out), free(buf);
+}
+
+/* The fast bit reader reads the same bits as its reference twin, over buffers of every small
+ * size, widths 0..32, reads past the end included; both end in the same "done" condition. */
+TEST(codec_bitreader_fast_matches_ref) {
+    unsigned long long seed = 77;
+    uint8_t buf[48];
+    for (int trial = 0; trial < 2000; trial++) {
+        size_t size = (size_t)(trial % 41);
+        for (size_t i = 0; i < size; i++) buf[i] = (uint8_t)kvt_rand_u64(&seed);
+        kvp_bitr a, b;
+        kvp_bitr_init(&a, buf, size);
+        kvp_bitr_init(&b, buf, size);
+        size_t budget = 8 * size + (trial % 3 == 0 ? 40 : 0); /* every third trial reads past the end */
+        for (size_t used = 0; used < budget;) {
+            int nb = (int)(kvt_rand_u64(&seed) % 33);
+            if (trial % 3 && used + (size_t)nb > budget) nb = (int)(budget - used);
+            uint32_t va = kvp_bitr_get(&a, nb), vb = kvp_bitr_get_fast(&b, nb);
+            CHECKF(va == vb, "trial %d: %d bits at %zu: %08x vs %08x", trial, nb, used, va, vb);
+            used += (size_t)nb;
+        }
+        CHECK(a.overrun == b.overrun);
+        int done_a = a.p == a.end && a.n < 8 && a.acc == 0, done_b = b.p == b.end && b.n < 8 && b.acc == 0;
+        CHECKF(done_a == done_b, "trial %d: done %d vs %d", trial, done_a, done_b);
+        if (kvt_failed()) return;
+    }
 }

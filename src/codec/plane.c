@@ -21,6 +21,8 @@ static int kvp_plane_work_channels(kvp_plane_work *w, size_t d) {
     KVP_TRY(kvp_grow((void **)&w->m, d * sizeof *w->m));
     KVP_TRY(kvp_grow((void **)&w->pred, d * sizeof *w->pred));
     KVP_TRY(kvp_grow((void **)&w->mask, d * sizeof *w->mask));
+    KVP_TRY(kvp_grow((void **)&w->pred32, d * sizeof *w->pred32));
+    KVP_TRY(kvp_grow((void **)&w->mask32, d * sizeof *w->mask32));
     KVP_TRY(kvp_grow((void **)&w->cost, 2 * d * sizeof *w->cost));
     KVP_TRY(kvp_grow((void **)&w->mode, d));
     KVP_TRY(kvp_grow((void **)&w->cls, d));
@@ -45,7 +47,7 @@ int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d) {
 
 void kvp_plane_work_free(kvp_plane_work *w) {
     int ref = w->ref;
-    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->cost, w->mode, w->cls, w->tables, (void *)w->tabp};
+    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->pred32, w->mask32, w->cost, w->mode, w->cls, w->tables, (void *)w->tabp};
     for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
     memset(w, 0, sizeof *w);
     w->ref = ref;
@@ -336,10 +338,13 @@ static inline int64_t kvp_plane_value(kvp_rans_dec *rd, kvp_bitr *raw, const kvp
     return q;
 }
 
-/* The fast path of lossy planes whose width is a multiple of 4: value c of a row uses state
- * c % 4, kept in a register. Same results as the general loop. */
-static inline int64_t kvp_lossy_one(uint32_t *x, const uint8_t **p, const uint8_t *end, int *overrun,
-                                    const uint32_t *table, kvp_bitr *raw, int64_t *pred, int64_t mask) {
+/* The fast path of lossy planes whose width is a multiple of 4, in passes. Pass 1 decodes the
+ * rANS symbols of all values into w->u, value c of a row on state c % 4, the states kept in
+ * registers; then row by row, the raw bits of the symbols >= 32
+ * are read, and the residuals are turned into values. Same results as the general loop (its
+ * reference twin). */
+static inline uint32_t kvp_sym_one(uint32_t *x, const uint8_t **p, const uint8_t *end, int *overrun,
+                                   const uint32_t *table) {
     uint32_t s = *x, ent = table[s & (KVP_RANS_TOTAL - 1)];
     s = ((ent >> 7) & 0x1fff) * (s >> KVP_RANS_BITS) + (ent >> 20);
     if (s < KVP_RANS_L) {
@@ -352,41 +357,93 @@ static inline int64_t kvp_lossy_one(uint32_t *x, const uint8_t **p, const uint8_
         }
     }
     *x = s;
-    uint32_t u = ent & 127;
-    if (u >= 32) {
-        int nb;
-        u = kvp_sym_base((int)u, &nb) | kvp_bitr_get(raw, nb);
-    }
-    int64_t q = *pred + kvp_unzigzag(u);
-    *pred ^= (*pred ^ q) & mask;
-    return q;
+    return ent & 127;
 }
 
-static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, int n, int d, float step, float *out,
-                                 kvp_plane_work *w) {
+/* Renormalizes four states that have each decoded one symbol, as the sequential decoder
+ * would: the states below 2^16, in lane order, take the next 16-bit words. Branch-free; needs
+ * 8 readable bytes at *p. Returns the new first state. */
+static inline uint32_t kvp_renorm4(uint32_t x0, const uint8_t **p, uint32_t *x1, uint32_t *x2, uint32_t *x3) {
+    uint64_t v = kvp_rd64(*p);
+    uint32_t n0 = x0 < KVP_RANS_L, n1 = *x1 < KVP_RANS_L, n2 = *x2 < KVP_RANS_L, n3 = *x3 < KVP_RANS_L;
+    uint32_t o1 = n0, o2 = o1 + n1, o3 = o2 + n2;
+    x0 = n0 ? (x0 << 16) | (uint32_t)(v & 0xffff) : x0;
+    *x1 = n1 ? (*x1 << 16) | (uint32_t)((v >> (16 * o1)) & 0xffff) : *x1;
+    *x2 = n2 ? (*x2 << 16) | (uint32_t)((v >> (16 * o2)) & 0xffff) : *x2;
+    *x3 = n3 ? (*x3 << 16) | (uint32_t)((v >> (16 * o3)) & 0xffff) : *x3;
+    *p += 2 * (o3 + n3);
+    return x0;
+}
+
+static void kvp_plane_symbols4(kvp_rans_dec *rd, int n, int d, uint32_t *u, const uint32_t **tp) {
     uint32_t x0 = rd->x[0], x1 = rd->x[1], x2 = rd->x[2], x3 = rd->x[3];
     const uint8_t *p = rd->p, *end = rd->end;
     int overrun = 0;
-    uint64_t bad = 0;
-    const uint32_t **tp = w->tabp;
-    int64_t *pred = w->pred, *mask = w->mask;
-    for (int t = 0; t < n; t++, out += d)
+    for (int t = 0; t < n; t++, u += d)
         for (int c = 0; c < d; c += 4) {
-            int64_t q0 = kvp_lossy_one(&x0, &p, end, &overrun, tp[c], raw, &pred[c], mask[c]);
-            int64_t q1 = kvp_lossy_one(&x1, &p, end, &overrun, tp[c + 1], raw, &pred[c + 1], mask[c + 1]);
-            int64_t q2 = kvp_lossy_one(&x2, &p, end, &overrun, tp[c + 2], raw, &pred[c + 2], mask[c + 2]);
-            int64_t q3 = kvp_lossy_one(&x3, &p, end, &overrun, tp[c + 3], raw, &pred[c + 3], mask[c + 3]);
-            bad |= (uint64_t)(q0 + KVP_PLANE_QMAX) | (uint64_t)(q1 + KVP_PLANE_QMAX) | (uint64_t)(q2 + KVP_PLANE_QMAX) |
-                   (uint64_t)(q3 + KVP_PLANE_QMAX);
-            out[c] = (float)q0 * step;
-            out[c + 1] = (float)q1 * step;
-            out[c + 2] = (float)q2 * step;
-            out[c + 3] = (float)q3 * step;
+            if (end - p >= 8) { /* the four states renormalize together, without branches */
+                uint32_t e0 = tp[c][x0 & (KVP_RANS_TOTAL - 1)], e1 = tp[c + 1][x1 & (KVP_RANS_TOTAL - 1)];
+                uint32_t e2 = tp[c + 2][x2 & (KVP_RANS_TOTAL - 1)], e3 = tp[c + 3][x3 & (KVP_RANS_TOTAL - 1)];
+                x0 = ((e0 >> 7) & 0x1fff) * (x0 >> KVP_RANS_BITS) + (e0 >> 20);
+                x1 = ((e1 >> 7) & 0x1fff) * (x1 >> KVP_RANS_BITS) + (e1 >> 20);
+                x2 = ((e2 >> 7) & 0x1fff) * (x2 >> KVP_RANS_BITS) + (e2 >> 20);
+                x3 = ((e3 >> 7) & 0x1fff) * (x3 >> KVP_RANS_BITS) + (e3 >> 20);
+                x0 = kvp_renorm4(x0, &p, &x1, &x2, &x3);
+                u[c] = e0 & 127, u[c + 1] = e1 & 127, u[c + 2] = e2 & 127, u[c + 3] = e3 & 127;
+                continue;
+            }
+            u[c] = kvp_sym_one(&x0, &p, end, &overrun, tp[c]);
+            u[c + 1] = kvp_sym_one(&x1, &p, end, &overrun, tp[c + 1]);
+            u[c + 2] = kvp_sym_one(&x2, &p, end, &overrun, tp[c + 2]);
+            u[c + 3] = kvp_sym_one(&x3, &p, end, &overrun, tp[c + 3]);
         }
     rd->x[0] = x0, rd->x[1] = x1, rd->x[2] = x2, rd->x[3] = x3;
     rd->p = p;
     rd->overrun |= overrun;
-    return bad >> 23; /* non-zero when some q + QMAX is negative or >= 2^23, i.e. q outside [-QMAX, QMAX) */
+}
+
+/* The raw bits of one row: symbol s >= 32 becomes its value (kvp_sym_base) with its raw bits. */
+static void kvp_plane_row_raw(uint32_t *u, int d, kvp_bitr *raw) {
+    for (int c = 0; c < d; c++)
+        if (u[c] >= 32) {
+            int nb;
+            uint32_t base = kvp_sym_base((int)u[c], &nb);
+            u[c] = base | kvp_bitr_get_fast(raw, nb);
+        }
+}
+
+/* The values of one row, in 32-bit wrapping arithmetic: the residual is in [-2^31, 2^31) and the
+ * prediction in [-QMAX, QMAX) (or the plane is already bad), so a true q outside the range
+ * never wraps into it, and q + QMAX < 2^23 (unsigned) is exactly the range check. Returns
+ * the OR of every q + QMAX. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static uint32_t kvp_plane_row_values(const uint32_t *restrict u, int d, float step, float *restrict out,
+                                     int32_t *restrict pred, const int32_t *restrict mask) {
+    uint32_t bad = 0;
+    for (int c = 0; c < d; c++) {
+        uint32_t r = (u[c] >> 1) ^ (0u - (u[c] & 1)), pr = (uint32_t)pred[c], q = pr + r;
+        pred[c] = (int32_t)(pr ^ ((pr ^ q) & (uint32_t)mask[c]));
+        bad |= q + KVP_PLANE_QMAX;
+        out[c] = (float)(int32_t)q * step;
+    }
+    return bad;
+}
+
+static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, int n, int d, float step, float *out,
+                                 kvp_plane_work *w) {
+    kvp_plane_symbols4(rd, n, d, w->u, w->tabp);
+    for (int c = 0; c < d; c++) {
+        w->pred32[c] = (int32_t)w->pred[c]; /* m_c, in range (checked when read) */
+        w->mask32[c] = (int32_t)w->mask[c];
+    }
+    uint32_t bad = 0;
+    for (int t = 0; t < n; t++) {
+        kvp_plane_row_raw(w->u + (size_t)t * d, d, raw);
+        bad |= kvp_plane_row_values(w->u + (size_t)t * d, d, step, out + (size_t)t * d, w->pred32, w->mask32);
+    }
+    return bad >> 23; /* non-zero when some q + QMAX is outside [0, 2^23), i.e. q outside [-QMAX, QMAX) */
 }
 
 /* The general loop: any width, any kind. */

@@ -86,6 +86,23 @@ typedef struct kvp_bitr {
 void kvp_bitr_init(kvp_bitr *r, const uint8_t *p, size_t size);
 /* Reads nbits (0..32). */
 uint32_t kvp_bitr_get(kvp_bitr *r, int nbits);
+/* kvp_bitr_get for the decoder's inner loops: when fewer than nbits (0..32) bits are held it
+ * loads whole bytes from an 8-byte window at once, which reads the same bits as kvp_bitr_get
+ * (its reference twin); within 8 bytes of the end it falls back to it. */
+static inline uint32_t kvp_bitr_get_fast(kvp_bitr *r, int nbits) {
+    if (r->n < nbits) {
+        if (r->end - r->p < 8) return kvp_bitr_get(r, nbits);
+        int k = (63 - r->n) >> 3; /* whole bytes that fit: n + 8k <= 63, and k >= 4 as n < 32 */
+        r->acc |= (kvp_rd64(r->p) & ((1ull << (8 * k)) - 1)) << r->n;
+        r->p += k;
+        r->n += 8 * k;
+    }
+    uint32_t v = (uint32_t)(r->acc & ((1ull << nbits) - 1));
+    r->acc >>= nbits;
+    r->n -= nbits;
+    return v;
+}
+
 /* Reads a signed order-0 Exp-Golomb code; a prefix longer than 32 bits sets `overrun`. */
 int64_t kvp_bitr_get_sexp(kvp_bitr *r);
 

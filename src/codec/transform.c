@@ -33,27 +33,28 @@ void kvp_rotary_table(int pos, int n, int head_dim, double theta, float *cs, flo
     }
 }
 
-/* The channel offsets of pair k's two members in a head. */
-static inline void kvp_rotary_pair(int style, int np, int k, int *a, int *b) {
-    *a = style == KVP_ROPE_NEOX ? k : 2 * k;
-    *b = style == KVP_ROPE_NEOX ? k + np : 2 * k + 1;
+/* Rotates the pairs (v[a k], v[a k + b]) of one head by the angles (c[k], sg s[k]): a = 2,
+ * b = 1 for interleaved pairs, a = 1, b = np for split halves. */
+static inline void kvp_rotary_head(float *v, int np, int a, int b, const float *c, const float *s, float sg) {
+    for (int k = 0; k < np; k++) {
+        float x0 = v[a * k], x1 = v[a * k + b], sk = sg * s[k];
+        v[a * k] = x0 * c[k] - x1 * sk;
+        v[a * k + b] = x0 * sk + x1 * c[k];
+    }
 }
 
 void kvp_rotary_apply(float *x, int n, int n_kv_heads, int head_dim, int style, const float *cs, const float *sn,
                       int dir) {
-    int np = head_dim / 2, d = n_kv_heads * head_dim;
+    int np = head_dim / 2, d = n_kv_heads * head_dim, neox = style == KVP_ROPE_NEOX;
     float sg = dir < 0 ? -1.0f : 1.0f;
     for (int t = 0; t < n; t++) {
         const float *c = cs + (size_t)t * np, *s = sn + (size_t)t * np;
         for (int h = 0; h < n_kv_heads; h++) {
             float *v = x + (size_t)t * d + (size_t)h * head_dim;
-            for (int k = 0; k < np; k++) {
-                int a, b;
-                kvp_rotary_pair(style, np, k, &a, &b);
-                float x0 = v[a], x1 = v[b], sk = sg * s[k];
-                v[a] = x0 * c[k] - x1 * sk;
-                v[b] = x0 * sk + x1 * c[k];
-            }
+            if (neox)
+                kvp_rotary_head(v, np, 1, np, c, s, sg);
+            else
+                kvp_rotary_head(v, np, 2, 1, c, s, sg);
         }
     }
 }
