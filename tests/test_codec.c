@@ -67,34 +67,34 @@ TEST(codec_bitwriter_bounds) {
 TEST(codec_histogram_normalizes) {
     unsigned long long s = 3;
     for (int trial = 0; trial < 500; trial++) {
-        uint8_t codes[KVP_SYM_COUNT] = {0};
-        int n = 1 + (int)(kvt_rand_u64(&s) % KVP_SYM_COUNT);
+        uint8_t codes[KVP_SYM_MAX] = {0};
+        int n = 1 + (int)(kvt_rand_u64(&s) % KVP_SYM_MAX);
         for (int i = 0; i < n; i++) codes[i] = (uint8_t)(kvt_rand_u64(&s) % KVP_HIST_CODES);
         if (trial % 5 == 0) codes[n - 1] = 63, codes[0] = 1; /* extreme ratios */
         codes[n - 1] = codes[n - 1] ? codes[n - 1] : 1;
         kvp_rans_model m;
         CHECK_OK(kvp_hist_model(codes, n, &m));
         uint32_t sum = 0;
-        for (int i = 0; i < KVP_SYM_COUNT; i++) {
+        for (int i = 0; i < KVP_SYM_MAX; i++) {
             CHECKF((m.freq[i] > 0) == (i < n && codes[i] > 0), "trial %d symbol %d", trial, i);
             sum += m.freq[i];
         }
         CHECKF(sum == KVP_RANS_TOTAL, "trial %d: sum %u", trial, sum);
     }
-    uint8_t none[KVP_SYM_COUNT] = {0};
+    uint8_t none[KVP_SYM_MAX] = {0};
     kvp_rans_model m;
     CHECK(kvp_hist_model(none, 5, &m) == KVP_EFORMAT);
 }
 
 /* Encodes n symbols drawn from `counts`, decodes them back. */
 static void kvt_rans_trip(const uint32_t *counts, int n, unsigned long long seed) {
-    uint8_t codes[KVP_SYM_COUNT];
+    uint8_t codes[KVP_SYM_MAX];
     int len = kvp_hist_codes(counts, codes);
     kvp_rans_model m;
     CHECK_OK(kvp_hist_model(codes, len, &m));
     int *sym = malloc(sizeof(int) * (size_t)n);
     uint32_t tot = 0, *table = malloc(sizeof(uint32_t) * KVP_RANS_TOTAL);
-    for (int s = 0; s < KVP_SYM_COUNT; s++) tot += counts[s];
+    for (int s = 0; s < KVP_SYM_MAX; s++) tot += counts[s];
     for (int i = 0; i < n; i++) { /* draw symbols in proportion to counts */
         uint32_t r = (uint32_t)(kvt_rand_u64(&seed) % tot), s = 0;
         while (r >= counts[s]) r -= counts[s++];
@@ -119,14 +119,14 @@ static void kvt_rans_trip(const uint32_t *counts, int n, unsigned long long seed
 
 TEST(codec_rans_roundtrip) {
     static const int sizes[] = {1, 2, 3, 4, 5, 7, 64, 1001, 20000};
-    uint32_t counts[KVP_SYM_COUNT];
+    uint32_t counts[KVP_SYM_MAX];
     unsigned long long s = 11;
     for (size_t k = 0; k < KVP_ARRAY_LEN(sizes); k++) {
         for (int shape = 0; shape < 4; shape++) {
             memset(counts, 0, sizeof counts);
             if (shape == 0) counts[0] = 1;                                          /* one symbol */
             if (shape == 1) for (int i = 0; i < 20; i++) counts[i] = 1000 >> (i / 2); /* geometric */
-            if (shape == 2) for (int i = 0; i < KVP_SYM_COUNT; i++) counts[i] = 1;  /* flat, all 86 */
+            if (shape == 2) for (int i = 0; i < KVP_SYM_MAX; i++) counts[i] = 1;  /* flat, all 116 */
             if (shape == 3) counts[0] = 100000, counts[85] = 1, counts[40] = 3;     /* skewed */
             kvt_rans_trip(counts, sizes[k], s++);
             if (kvt_failed()) return;
@@ -354,4 +354,27 @@ TEST(codec_bitreader_fast_matches_ref) {
         CHECKF(done_a == done_b, "trial %d: done %d vs %d", trial, done_a, done_b);
         if (kvt_failed()) return;
     }
+}
+
+/* Symbolization with 32 and with 64 direct symbols: every value maps to a symbol below the
+ * count, and the symbol's base with its raw bits gives the value back. */
+TEST(codec_symbols_roundtrip) {
+    static const uint32_t some[] = {0, 1, 31, 32, 33, 63, 64, 65, 127, 128, 1000, 65535, 65536, 0x7fffffffu, 0x80000000u,
+                                    0xfffffffeu, 0xffffffffu};
+    unsigned long long s = 5;
+    for (int dbits = 5; dbits <= 6; dbits++)
+        for (int i = 0; i < 20000; i++) {
+            uint32_t u = i < (int)KVP_ARRAY_LEN(some) ? some[i] : (uint32_t)kvt_rand_u64(&s) >> (kvt_rand_u64(&s) % 32);
+            uint32_t extra;
+            int nb, sym = kvp_sym_encode(u, dbits, &extra, &nb);
+            CHECKF(sym >= 0 && sym < kvp_sym_count(dbits), "dbits %d: u %u has symbol %d", dbits, u, sym);
+            uint32_t back = (uint32_t)sym;
+            if (sym >= 1 << dbits) {
+                int nb2;
+                back = kvp_sym_base(sym, dbits, &nb2) | extra;
+                CHECK(nb2 == nb);
+            }
+            CHECKF(back == u, "dbits %d: u %u comes back as %u", dbits, u, back);
+        }
+    CHECK(kvp_sym_count(5) == KVP_SYM_COUNT && kvp_sym_count(6) == KVP_SYM_MAX);
 }
