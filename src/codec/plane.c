@@ -228,7 +228,7 @@ static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int 
         uint32_t extra;
         int nb;
         kvp_sym_encode(u[i], dbits, &extra, &nb);
-        kvp_bitw_put(bw, extra, nb);
+        if (nb) kvp_bitw_put(bw, extra, nb);
         if (kind == KVP_PLANE_EXACT32) kvp_bitw_put(bw, kvp_f32_bits(x[i]) & 0xffff, 16);
     }
 }
