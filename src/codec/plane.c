@@ -358,8 +358,7 @@ static inline int64_t kvp_plane_value(kvp_rans_dec *rd, kvp_bitr *raw, const kvp
 /* The fast path of lossy planes whose width is a multiple of 4, in passes. Pass 1 decodes the
  * rANS symbols of all values into w->u, value c of a row on state c % 4, the states kept in
  * registers; then the raw bits of the escape symbols are read, and row by row the residuals
- * are turned into values. Same results as the general loop (its
- * reference twin). */
+ * are turned into values. Same results as the general loop (its reference twin). */
 static inline uint32_t kvp_sym_one(uint32_t *x, const uint8_t **p, const uint8_t *end, int *overrun,
                                    const uint32_t *table) {
     uint32_t s = *x, ent = table[s & (KVP_RANS_TOTAL - 1)];
@@ -431,10 +430,10 @@ static void kvp_plane_row_raw(uint32_t *u, int d, int dbits, kvp_bitr *raw) {
 }
 
 /* The expected share of escapes in a plane, in 1/2048 units per channel summed over channels,
- * from its class models: decides between the two ways of reading raw bits. */
-static uint32_t kvp_plane_escape_rate(int d, int dbits, const kvp_plane_work *w) {
+ * from its n_classes class models: decides between the two ways of reading raw bits. */
+static uint32_t kvp_plane_escape_rate(int d, int n_classes, int dbits, const kvp_plane_work *w) {
     uint32_t cls_rate[KVP_PLANE_MAX_CLASSES], sum = 0;
-    for (int g = 0; g < KVP_PLANE_MAX_CLASSES; g++) {
+    for (int g = 0; g < n_classes; g++) {
         cls_rate[g] = 0;
         for (int sym = 1 << dbits; sym < KVP_SYM_MAX; sym++) cls_rate[g] += w->models[g].freq[sym];
     }
@@ -481,8 +480,10 @@ static uint32_t kvp_plane_row_values(const uint32_t *restrict u, int d, float st
     return bad;
 }
 
-static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, int n, int d, int dbits, float step, float *out,
+static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_head *h, int n, int d, float *out,
                                  kvp_plane_work *w) {
+    int dbits = h->dbits;
+    float step = h->step;
     kvp_plane_symbols4(rd, n, d, w->u, w->tabp);
     for (int c = 0; c < d; c++) {
         w->pred32[c] = (int32_t)w->pred[c]; /* m_c, in range (checked when read) */
@@ -490,7 +491,7 @@ static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, int n, int d, 
     }
     /* frequent escapes (over 1/32 of the values, by the models): gather them first; rare: a
      * branch per value (measured on stories260K: 1/8 to 1/64 are all within a few percent) */
-    int gather = kvp_plane_escape_rate(d, dbits, w) > (uint32_t)d * (KVP_RANS_TOTAL / 32);
+    int gather = kvp_plane_escape_rate(d, h->n_classes, dbits, w) > (uint32_t)d * (KVP_RANS_TOTAL / 32);
     uint32_t bad = 0;
     if (gather) {
         kvp_plane_raw_escapes(w->u, (size_t)n * (size_t)d, dbits, (uint32_t *)w->q, raw);
@@ -533,7 +534,7 @@ static int kvp_plane_values(const uint8_t *rs, const uint8_t *raws, const kvp_pl
     kvp_bitr raw;
     kvp_bitr_init(&raw, raws, h->raw);
     for (int c = 0; c < d; c++) w->tabp[c] = w->tables + (size_t)w->cls[c] * KVP_RANS_TOTAL;
-    uint64_t bad = h->kind == KVP_PLANE_LOSSY && d % 4 == 0 && !w->ref ? kvp_plane_lossy4(&rd, &raw, n, d, h->dbits, h->step, x, w)
+    uint64_t bad = h->kind == KVP_PLANE_LOSSY && d % 4 == 0 && !w->ref ? kvp_plane_lossy4(&rd, &raw, h, n, d, x, w)
                                                            : kvp_plane_general(&rd, &raw, h, n, d, x, w);
     if (bad) return kvp_seterr(KVP_EFORMAT, "plane decodes to values out of range");
     KVP_TRY(kvp_rans_dec_finish(&rd));
