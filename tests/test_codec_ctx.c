@@ -190,7 +190,7 @@ TEST(codec_ctx_corruption_classes) {
                "bit %zu flipped (header %u bytes): %d (%s)", bit, hs, rc, kvp_errmsg());
     }
     memcpy(bad, buf, size);
-    kvp_wr16(bad + 4, 2); /* a newer version, correctly checksummed */
+    kvp_wr16(bad + 4, KVP_KVZ_VERSION + 1); /* a newer version, correctly checksummed */
     kvt_fix_crc(bad);
     CHECK(kvt_load_rc(m, bad, size, 128) == KVP_EUNSUPPORTED);
     memcpy(bad, buf, size);

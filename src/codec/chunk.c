@@ -15,8 +15,8 @@
 /* Per lossy level (low, medium, high): tau, the standard deviation of the attention-logit
  * error that key quantization may cause, and alpha, the value step as a fraction of the
  * values' RMS. docs/codec.md records the measurements these come from. */
-static const double kvp_level_tau[3] = {0.40, 0.20, 0.08};
-static const double kvp_level_alpha[3] = {0.80, 0.40, 0.16};
+static const double kvp_level_tau[3] = {0.36, 0.18, 0.072};
+static const double kvp_level_alpha[3] = {1.00, 0.50, 0.20};
 
 float kvp_codec_step(int level, int is_value, double rms, double qk) {
     double tau = kvp_level_tau[level - KVP_LEVEL_LOW], alpha = kvp_level_alpha[level - KVP_LEVEL_LOW];
@@ -44,6 +44,10 @@ struct kvp_codec {
     size_t *sizes;          /* (n_planes) encoded sizes */
     int *rc;                /* (n_planes) */
     char (*msg)[256];       /* (n_planes) error messages from the workers */
+    float *rot;             /* cosines (n, head_dim / 2) then sines of the chunk's rotary angles */
+    size_t rot_cap;         /* floats */
+    float *keys;            /* encoder: (n_layers, n, kv_dim) keys with the rotation undone */
+    size_t keys_cap;        /* floats */
 };
 
 int kvp_codec_new(kvp_pool *pool, kvp_codec **out) {
@@ -69,6 +73,8 @@ void kvp_codec_free(kvp_codec *cd) {
     free(cd->sizes);
     free(cd->rc);
     free(cd->msg);
+    free(cd->rot);
+    free(cd->keys);
     free(cd);
 }
 
@@ -106,16 +112,25 @@ size_t kvp_chunk_bound(const kvp_chunk_shape *s, int n_tokens) {
     return KVP_CHUNK_HEADER + (size_t)s->n_layers * 2 * (4 + kvp_plane_bound(n_tokens, (int)kvp_chunk_kvd(s)));
 }
 
+/* Whether a chunk at `level` codes its keys with the rotary embedding undone. */
+static int kvp_chunk_rotates(const kvp_chunk_shape *s, int level) {
+    return level >= KVP_LEVEL_LOW && level <= KVP_LEVEL_HIGH && s->rope_theta > 1.0f && isfinite(s->rope_theta) &&
+           s->head_dim >= 2;
+}
+
 static void kvp_chunk_write_header(uint8_t *out, const kvp_chunk_shape *s, int pos, int n, int level) {
+    int rot = kvp_chunk_rotates(s, level);
     memcpy(out, "KVZC", 4);
     out[4] = (uint8_t)level;
-    out[5] = 0;
+    out[5] = (uint8_t)(rot ? KVP_CHUNK_ROTARY | (s->rope_style == KVP_ROPE_NEOX ? KVP_CHUNK_NEOX : 0) : 0);
     kvp_wr16(out + 6, (uint16_t)s->n_layers);
     kvp_wr32(out + 8, (uint32_t)pos);
     kvp_wr32(out + 12, (uint32_t)n);
     kvp_wr16(out + 16, (uint16_t)s->n_kv_heads);
     kvp_wr16(out + 18, (uint16_t)s->head_dim);
-    kvp_wr32(out + 20, 0);
+    uint32_t theta;
+    memcpy(&theta, &s->rope_theta, 4);
+    kvp_wr32(out + 20, rot ? theta : 0);
 }
 
 int kvp_chunk_level(const uint8_t *in, size_t size, int *level) {
@@ -126,14 +141,29 @@ int kvp_chunk_level(const uint8_t *in, size_t size, int *level) {
     return KVP_OK;
 }
 
+/* The rotary fields: flags 0 with theta 0, or (lossy levels only) the rotary flag, maybe the
+ * split-halves flag, and a finite theta > 1. */
+static int kvp_chunk_check_rotary(const uint8_t *in, int level) {
+    uint32_t bits = kvp_rd32(in + 20);
+    float theta;
+    memcpy(&theta, &bits, 4);
+    if (in[5] == 0 && bits == 0) return KVP_OK;
+    if (in[5] & ~(KVP_CHUNK_ROTARY | KVP_CHUNK_NEOX) || !(in[5] & KVP_CHUNK_ROTARY))
+        return kvp_seterr(KVP_EFORMAT, "chunk flags 0x%02x are unknown", in[5]);
+    if (level < KVP_LEVEL_LOW || level > KVP_LEVEL_HIGH)
+        return kvp_seterr(KVP_EFORMAT, "a %s chunk cannot have rotated keys", kvp_level_name(level));
+    if (!(theta > 1.0f) || !isfinite(theta) || kvp_rd16(in + 18) < 2)
+        return kvp_seterr(KVP_EFORMAT, "chunk's rotary base %g (head dim %u) is invalid", theta, kvp_rd16(in + 18));
+    return KVP_OK;
+}
+
 static int kvp_chunk_check_header(const uint8_t *in, size_t size, const kvp_chunk_shape *s, int pos, int n,
                                   int level) {
     int lv;
     KVP_TRY(kvp_chunk_level(in, size, &lv));
     if (level >= 0 && lv != level)
         return kvp_seterr(KVP_EFORMAT, "chunk says level %d, its table entry says %d", lv, level);
-    if (in[5] || kvp_rd32(in + 20))
-        return kvp_seterr(KVP_EFORMAT, "chunk's reserved fields are not zero");
+    KVP_TRY(kvp_chunk_check_rotary(in, lv));
     if (kvp_rd16(in + 6) != s->n_layers || kvp_rd16(in + 16) != s->n_kv_heads || kvp_rd16(in + 18) != s->head_dim)
         return kvp_seterr(KVP_EFORMAT, "chunk shape %u layers x %u KV heads x %u does not match the header's %d x %d x %d",
                           kvp_rd16(in + 6), kvp_rd16(in + 16), kvp_rd16(in + 18), s->n_layers, s->n_kv_heads,
@@ -153,7 +183,33 @@ typedef struct {
     const float *kv;
     const float *qk;
     size_t plane_cap;
+    int rotary; /* key planes are rotated back into cd->keys first */
 } kvp_chunk_job;
+
+/* Makes room for the rotary table of n tokens and, when keys > 0, that many floats of keys,
+ * and fills the table for positions [pos, pos + n). */
+static int kvp_codec_rotary(kvp_codec *cd, const kvp_chunk_shape *s, double theta, int pos, int n, size_t keys) {
+    size_t tab = 2 * (size_t)n * (size_t)(s->head_dim / 2);
+    if (tab > cd->rot_cap) {
+        free(cd->rot);
+        cd->rot = malloc(sizeof(float) * tab);
+        cd->rot_cap = cd->rot ? tab : 0;
+    }
+    if (keys > cd->keys_cap) {
+        free(cd->keys);
+        cd->keys = malloc(sizeof(float) * keys);
+        cd->keys_cap = cd->keys ? keys : 0;
+    }
+    if (!cd->rot || (keys && !cd->keys)) return kvp_seterr(KVP_ENOMEM, "out of memory for the rotary tables");
+    kvp_rotary_table(pos, n, s->head_dim, theta, cd->rot, cd->rot + tab / 2);
+    return KVP_OK;
+}
+
+/* Rotates plane x (n rows) forward (dir 1) or back (dir -1) with the codec's table. */
+static void kvp_codec_rotate(const kvp_codec *cd, const kvp_chunk_shape *s, int style, float *x, int n, int dir) {
+    const float *cs = cd->rot, *sn = cd->rot + (size_t)n * (size_t)(s->head_dim / 2);
+    kvp_rotary_apply(x, n, s->n_kv_heads, s->head_dim, style, cs, sn, dir);
+}
 
 static double kvp_plane_rms(const float *x, size_t N) {
     double s = 0;
@@ -166,6 +222,12 @@ static void kvp_chunk_encode_task(void *arg, int p, int thread) {
     int d = (int)kvp_chunk_kvd(j->s);
     size_t N = (size_t)j->n * (size_t)d;
     const float *x = j->kv + (size_t)p * N;
+    if (j->rotary && p % 2 == 0) {
+        float *k = j->cd->keys + (size_t)(p / 2) * N;
+        memcpy(k, x, sizeof(float) * N);
+        kvp_codec_rotate(j->cd, j->s, j->s->rope_style, k, j->n, -1);
+        x = k;
+    }
     int kind = KVP_PLANE_LOSSY;
     float step = 1.0f;
     if (j->level == KVP_LEVEL_LOSSLESS)
@@ -214,7 +276,9 @@ int kvp_chunk_encode(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, in
     size_t plane_cap = kvp_plane_bound(n, (int)kvp_chunk_kvd(s));
     KVP_TRY(kvp_codec_planes(cd, n_planes));
     KVP_TRY(kvp_codec_scratch(cd, plane_cap * (size_t)n_planes));
-    kvp_chunk_job j = {cd, s, n, level, kv, qk, plane_cap};
+    kvp_chunk_job j = {cd, s, n, level, kv, qk, plane_cap, kvp_chunk_rotates(s, level)};
+    if (j.rotary)
+        KVP_TRY(kvp_codec_rotary(cd, s, s->rope_theta, pos, n, (size_t)s->n_layers * (size_t)n * kvp_chunk_kvd(s)));
     kvp_pool_run(cd->pool, kvp_chunk_encode_task, &j, n_planes);
     KVP_TRY(kvp_codec_first_error(cd, n_planes));
     return kvp_chunk_assemble(cd, n_planes, plane_cap, out, cap, size);
@@ -229,6 +293,7 @@ typedef struct {
     const uint8_t *in;
     const size_t *offsets; /* (n_planes + 1) */
     float *kv;
+    int rotary, style;     /* key planes are rotated forward after decoding (style: pairs) */
 } kvp_chunk_djob;
 
 static void kvp_chunk_decode_task(void *arg, int p, int thread) {
@@ -239,6 +304,7 @@ static void kvp_chunk_decode_task(void *arg, int p, int thread) {
                               &j->cd->work[thread], &kind);
     if (rc == KVP_OK && (kind == KVP_PLANE_LOSSY) != (j->level != KVP_LEVEL_LOSSLESS))
         rc = kvp_seterr(KVP_EFORMAT, "plane kind %d does not belong to a %s chunk", kind, kvp_level_name(j->level));
+    if (rc == KVP_OK && j->rotary && p % 2 == 0) kvp_codec_rotate(j->cd, j->s, j->style, j->kv + (size_t)p * N, j->n, 1);
     kvp_codec_result(j->cd, p, rc);
 }
 
@@ -279,8 +345,15 @@ int kvp_chunk_decode(kvp_codec *cd, const kvp_chunk_shape *s, int pos, int n, in
     if (!offsets) return kvp_seterr(KVP_ENOMEM, "out of memory decoding a chunk");
     int rc = kvp_chunk_offsets(in, size, n_planes, offsets);
     if (rc == KVP_OK) rc = kvp_codec_planes(cd, n_planes);
+    int rotary = in[5] & KVP_CHUNK_ROTARY;
+    if (rc == KVP_OK && rotary) {
+        float theta;
+        uint32_t bits = kvp_rd32(in + 20);
+        memcpy(&theta, &bits, 4);
+        rc = kvp_codec_rotary(cd, s, theta, pos, n, 0);
+    }
     if (rc == KVP_OK) {
-        kvp_chunk_djob j = {cd, s, n, level, in, offsets, kv};
+        kvp_chunk_djob j = {cd, s, n, level, in, offsets, kv, rotary, in[5] & KVP_CHUNK_NEOX ? KVP_ROPE_NEOX : KVP_ROPE_NORM};
         kvp_pool_run(cd->pool, kvp_chunk_decode_task, &j, n_planes);
         rc = kvp_codec_first_error(cd, n_planes);
     }

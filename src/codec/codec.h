@@ -52,10 +52,14 @@ const char *kvp_level_name(int level);
 /* ---- chunks ---- */
 
 #define KVP_CHUNK_HEADER 24
+#define KVP_CHUNK_ROTARY 1 /* chunk flag: keys are coded with their rotary embedding undone */
+#define KVP_CHUNK_NEOX 2   /* chunk flag: ... on split-halves pairs (else interleaved pairs) */
 #define KVP_CHUNK_MAX_VALUES (1u << 28) /* per chunk: n_layers * 2 * n_tokens * kv_dim */
 
 typedef struct kvp_chunk_shape {
     int n_layers, n_kv_heads, head_dim;
+    float rope_theta; /* encoder: > 0 to code keys with their rotary embedding undone (base theta) */
+    int rope_style;   /* encoder: KVP_ROPE_NORM or KVP_ROPE_NEOX pairs */
 } kvp_chunk_shape;
 
 /* Encoding and decoding state: the pool planes are spread over, scratch per thread. */
@@ -80,9 +84,23 @@ int kvp_chunk_check_text(const uint8_t *in, size_t size, const kvp_chunk_shape *
 /* The level a chunk's bytes declare (KVP_EFORMAT when they are not a chunk). */
 int kvp_chunk_level(const uint8_t *in, size_t size, int *level);
 
+/* ---- keys before the rotary embedding (transform.c) ---- */
+
+/* cs, sn (n, head_dim / 2): cosine and sine of (pos + t) theta^(-2k / head_dim) for token t
+ * and pair k, computed in double (exactly every 32 tokens, by angle addition between), so the
+ * encoder and the decoder get the same floats. */
+void kvp_rotary_table(int pos, int n, int head_dim, double theta, float *cs, float *sn);
+/* Rotates every pair of a key plane x (n, n_kv_heads * head_dim) in place by the table's
+ * angles: dir = +1 as the model's rotary embedding does, dir = -1 back. Pairs are channels
+ * (2k, 2k + 1) of a head (KVP_ROPE_NORM) or (k, k + head_dim / 2) (KVP_ROPE_NEOX); with an
+ * odd head_dim the last channel is left alone. */
+void kvp_rotary_apply(float *x, int n, int n_kv_heads, int head_dim, int style, const float *cs, const float *sn,
+                      int dir);
+
 /* ---- the .kvz container ---- */
 
-#define KVP_KVZ_VERSION 1
+#define KVP_KVZ_VERSION 2     /* written; 2 added rotated keys (chunk flags) */
+#define KVP_KVZ_VERSION_MIN 1 /* the oldest version read */
 #define KVP_KVZ_FIXED 120      /* bytes of the header before the token ids */
 #define KVP_KVZ_ENTRY 24       /* bytes of one chunk-table entry */
 #define KVP_KVZ_MAX_TOKENS (1 << 24)
@@ -90,6 +108,7 @@ int kvp_chunk_level(const uint8_t *in, size_t size, int *level);
 
 /* The header of a .kvz image, as written and parsed. */
 typedef struct kvp_kvz_header {
+    int version; /* parsed; the writer always writes KVP_KVZ_VERSION */
     int n_tokens, n_chunks, chunk_tokens, token_bytes, kv_type;
     uint64_t header_size, total_size;
     kvp_fingerprint fp;

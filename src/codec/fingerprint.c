@@ -1,7 +1,9 @@
 /*
  * fingerprint.c: what identifies a model for the context codec, and the hash of its weights.
  */
+#include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "codec.h"
 #include "common/common.h"
@@ -111,6 +113,9 @@ int kvp_fingerprint_compare(const kvp_fingerprint *s, const kvp_fingerprint *m) 
 }
 
 kvp_chunk_shape kvp_fingerprint_shape(const kvp_fingerprint *fp) {
-    kvp_chunk_shape s = {(int)fp->n_layers, (int)fp->n_kv_heads, (int)fp->head_dim};
+    float theta;
+    memcpy(&theta, &fp->rope_theta_bits, 4);
+    kvp_chunk_shape s = {(int)fp->n_layers, (int)fp->n_kv_heads, (int)fp->head_dim,
+                         theta > 1.0f && isfinite(theta) ? theta : 0.0f, (int)fp->rope_style};
     return s;
 }

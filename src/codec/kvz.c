@@ -69,9 +69,9 @@ int kvp_kvz_header_size(const void *data, size_t size, size_t *need) {
     const uint8_t *p = data;
     if (size < 16) return kvp_seterr(KVP_EFORMAT, "truncated .kvz: %zu bytes, the header starts with 16", size);
     if (memcmp(p, "KVPZ", 4)) return kvp_seterr(KVP_EFORMAT, "not a .kvz context (no 'KVPZ' magic)");
-    if (kvp_rd16(p + 4) != KVP_KVZ_VERSION)
-        return kvp_seterr(KVP_EUNSUPPORTED, ".kvz format version %u is not supported (this kvpack reads version %d)",
-                          kvp_rd16(p + 4), KVP_KVZ_VERSION);
+    if (kvp_rd16(p + 4) < KVP_KVZ_VERSION_MIN || kvp_rd16(p + 4) > KVP_KVZ_VERSION)
+        return kvp_seterr(KVP_EUNSUPPORTED, ".kvz format version %u is not supported (this kvpack reads versions %d to %d)",
+                          kvp_rd16(p + 4), KVP_KVZ_VERSION_MIN, KVP_KVZ_VERSION);
     uint64_t hs = kvp_rd32(p + 8);
     uint64_t max = kvp_kvz_header_bytes(KVP_KVZ_MAX_TOKENS, KVP_KVZ_MAX_TOKENS, 4);
     if (hs < kvp_kvz_header_bytes(1, 1, 2) || hs > max)
@@ -93,6 +93,7 @@ static int kvp_kvz_check_fingerprint(const uint8_t *fpb, const kvp_fingerprint *
 
 /* The fixed fields after the CRC was checked. */
 static int kvp_kvz_parse_fixed(const uint8_t *p, kvp_kvz_header *h) {
+    h->version = kvp_rd16(p + 4);
     h->header_size = kvp_rd32(p + 8);
     uint32_t nt = kvp_rd32(p + 12), nc = kvp_rd32(p + 16), ct = kvp_rd32(p + 20);
     h->token_bytes = p[24];
@@ -153,7 +154,7 @@ static int kvp_kvz_parse_table(kvp_kvz *z, const uint8_t *p) {
 static void kvp_kvz_fill_info(kvp_kvz *z) {
     const kvp_kvz_header *h = &z->h;
     kvp_kvz_info *in = &z->info;
-    in->version = KVP_KVZ_VERSION;
+    in->version = h->version;
     in->n_tokens = h->n_tokens;
     in->n_chunks = h->n_chunks;
     in->chunk_tokens = h->chunk_tokens;
@@ -270,6 +271,9 @@ static int kvp_kvz_decode_into(kvp_kvz *z, int i, const void *chunk, size_t size
     KVP_TRY(kvp_kvz_prepare(z, pool));
     kvp_chunk_shape s = kvp_fingerprint_shape(&z->h.fp);
     const kvp_kvz_chunk_info *c = &z->chunks[i];
+    if (z->h.version < 2 && size > 5 && ((const uint8_t *)chunk)[5])
+        return kvp_seterr(KVP_EFORMAT, "chunk %d has flags 0x%02x, which .kvz version %d does not have", i,
+                          ((const uint8_t *)chunk)[5], z->h.version);
     return kvp_chunk_decode(z->codec, &s, c->first_pos, c->n_tokens, c->level, chunk, size, kv ? kv : z->kv);
 }
 

@@ -21,6 +21,8 @@ static int kvp_plane_work_channels(kvp_plane_work *w, size_t d) {
     KVP_TRY(kvp_grow((void **)&w->m, d * sizeof *w->m));
     KVP_TRY(kvp_grow((void **)&w->pred, d * sizeof *w->pred));
     KVP_TRY(kvp_grow((void **)&w->mask, d * sizeof *w->mask));
+    KVP_TRY(kvp_grow((void **)&w->pred32, d * sizeof *w->pred32));
+    KVP_TRY(kvp_grow((void **)&w->mask32, d * sizeof *w->mask32));
     KVP_TRY(kvp_grow((void **)&w->cost, 2 * d * sizeof *w->cost));
     KVP_TRY(kvp_grow((void **)&w->mode, d));
     KVP_TRY(kvp_grow((void **)&w->cls, d));
@@ -45,7 +47,7 @@ int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d) {
 
 void kvp_plane_work_free(kvp_plane_work *w) {
     int ref = w->ref;
-    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->cost, w->mode, w->cls, w->tables, (void *)w->tabp};
+    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->pred32, w->mask32, w->cost, w->mode, w->cls, w->tables, (void *)w->tabp};
     for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
     memset(w, 0, sizeof *w);
     w->ref = ref;
@@ -53,7 +55,7 @@ void kvp_plane_work_free(kvp_plane_work *w) {
 
 size_t kvp_plane_bound(int n, int d) {
     size_t N = (size_t)n * (size_t)d;
-    size_t side = (size_t)d * 80 / 8 + KVP_PLANE_MAX_CLASSES * (7 + 6 * KVP_SYM_COUNT) / 8 + 16;
+    size_t side = (size_t)d * 80 / 8 + KVP_PLANE_MAX_CLASSES * (7 + 6 * KVP_SYM_MAX) / 8 + 16;
     return KVP_PLANE_HEADER + side + 4 * KVP_RANS_LANES + 2 * N + 6 * N + 16;
 }
 
@@ -151,25 +153,40 @@ static void kvp_plane_classes(int d, int n_classes, kvp_plane_work *w) {
 
 /* ---- encoder: residuals, side information, streams ---- */
 
-/* Zigzag residuals into w->u and per-class symbol counts. */
-static void kvp_plane_residuals(const int32_t *q, int n, int d, kvp_plane_work *w,
-                                uint32_t counts[][KVP_SYM_COUNT]) {
+/* Zigzag residuals into w->u; returns how many are 32 or more. */
+static size_t kvp_plane_residuals(const int32_t *q, int n, int d, kvp_plane_work *w) {
+    size_t big = 0;
     for (int t = 0; t < n; t++) {
         const int32_t *row = q + (size_t)t * d;
         uint32_t *u = w->u + (size_t)t * d;
         for (int c = 0; c < d; c++) {
             int64_t pred = (w->mode[c] && t > 0) ? row[c - d] : w->m[c];
-            uint32_t extra;
-            int nb;
             u[c] = kvp_zigzag(row[c] - pred);
-            counts[w->cls[c]][kvp_sym_encode(u[c], &extra, &nb)]++;
+            big += u[c] >= 32;
         }
+    }
+    return big;
+}
+
+/* The direct symbols of a plane: 64 (dbits 6) when more than 1/64 of the residuals would
+ * escape to raw bits with 32, which saves the decoder those unpredictable escapes; else 32,
+ * whose histograms are shorter. */
+static int kvp_plane_dbits(size_t big, size_t N) { return big > N / 64 ? 6 : 5; }
+
+/* Per-class symbol counts. */
+static void kvp_plane_counts(size_t N, int d, int dbits, const kvp_plane_work *w, uint32_t counts[][KVP_SYM_MAX]) {
+    int c = 0;
+    for (size_t i = 0; i < N; i++) {
+        uint32_t extra;
+        int nb;
+        counts[w->cls[c]][kvp_sym_encode(w->u[i], dbits, &extra, &nb)]++;
+        c = c == d - 1 ? 0 : c + 1;
     }
 }
 
 /* Writes the channel table and the class histograms; builds the class models. */
 static int kvp_plane_side(kvp_bitw *bw, int d, int n_classes, kvp_plane_work *w,
-                          uint32_t counts[][KVP_SYM_COUNT]) {
+                          uint32_t counts[][KVP_SYM_MAX]) {
     int cls_bits = n_classes > 1 ? 32 - __builtin_clz((unsigned)n_classes - 1) : 0;
     for (int c = 0; c < d; c++) {
         kvp_bitw_put(bw, w->mode[c], 1);
@@ -177,7 +194,7 @@ static int kvp_plane_side(kvp_bitw *bw, int d, int n_classes, kvp_plane_work *w,
         kvp_bitw_put_sexp(bw, w->m[c]);
     }
     for (int g = 0; g < n_classes; g++) {
-        uint8_t codes[KVP_SYM_COUNT];
+        uint8_t codes[KVP_SYM_MAX];
         int len = kvp_hist_codes(counts[g], codes);
         if (len == 0) { /* a class without values (not produced by the encoder) */
             codes[0] = 1;
@@ -190,14 +207,14 @@ static int kvp_plane_side(kvp_bitw *bw, int d, int n_classes, kvp_plane_work *w,
 }
 
 /* rANS-encodes every symbol, last to first; returns the stream size (0 on overflow). */
-static size_t kvp_plane_rans(int n, int d, kvp_plane_work *w, uint8_t **start) {
+static size_t kvp_plane_rans(int n, int d, int dbits, kvp_plane_work *w, uint8_t **start) {
     kvp_rans_enc e;
     kvp_rans_enc_init(&e, w->rans, w->rans_cap);
     size_t N = (size_t)n * (size_t)d;
     int c = (int)((N - 1) % (size_t)d);
     for (size_t i = N; i-- > 0;) {
         uint32_t extra;
-        int nb, s = kvp_sym_encode(w->u[i], &extra, &nb);
+        int nb, s = kvp_sym_encode(w->u[i], dbits, &extra, &nb);
         const kvp_rans_model *m = &w->models[w->cls[c]];
         kvp_rans_enc_put(&e, (int)(i & (KVP_RANS_LANES - 1)), m->cum[s], m->freq[s]);
         c = c == 0 ? d - 1 : c - 1;
@@ -206,12 +223,12 @@ static size_t kvp_plane_rans(int n, int d, kvp_plane_work *w, uint8_t **start) {
 }
 
 /* The raw bits: each value's extra residual bits, then (exact32) its low 16 bits. */
-static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, const uint32_t *u) {
+static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int dbits, const uint32_t *u) {
     for (size_t i = 0; i < N; i++) {
         uint32_t extra;
         int nb;
-        kvp_sym_encode(u[i], &extra, &nb);
-        kvp_bitw_put(bw, extra, nb);
+        kvp_sym_encode(u[i], dbits, &extra, &nb);
+        if (nb) kvp_bitw_put(bw, extra, nb);
         if (kind == KVP_PLANE_EXACT32) kvp_bitw_put(bw, kvp_f32_bits(x[i]) & 0xffff, 16);
     }
 }
@@ -232,27 +249,28 @@ int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_pla
     n_classes = KVP_MIN(n_classes, d);
     kvp_plane_channel_costs(w->q, n, d, w);
     kvp_plane_classes(d, n_classes, w);
-    uint32_t counts[KVP_PLANE_MAX_CLASSES][KVP_SYM_COUNT];
+    int dbits = kvp_plane_dbits(kvp_plane_residuals(w->q, n, d, w), N);
+    uint32_t counts[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX];
     memset(counts, 0, sizeof counts);
-    kvp_plane_residuals(w->q, n, d, w, counts);
+    kvp_plane_counts(N, d, dbits, w, counts);
     kvp_bitw bw;
     kvp_bitw_init(&bw, out + KVP_PLANE_HEADER, cap - KVP_PLANE_HEADER);
     KVP_TRY(kvp_plane_side(&bw, d, n_classes, w, counts));
     size_t side = kvp_bitw_finish(&bw);
     uint8_t *rs = NULL;
-    size_t rn = kvp_plane_rans(n, d, w, &rs);
+    size_t rn = kvp_plane_rans(n, d, dbits, w, &rs);
     if (bw.overflow || !rn) return kvp_plane_too_small(cap);
     size_t at = KVP_PLANE_HEADER + side;
     if (cap - at < rn) return kvp_plane_too_small(cap);
     memcpy(out + at, rs, rn);
     at += rn;
     kvp_bitw_init(&bw, out + at, cap - at);
-    kvp_plane_raw(&bw, x, N, kind, w->u);
+    kvp_plane_raw(&bw, x, N, kind, dbits, w->u);
     size_t raw = kvp_bitw_finish(&bw);
     if (bw.overflow) return kvp_plane_too_small(cap);
     out[0] = (uint8_t)kind;
     out[1] = (uint8_t)n_classes;
-    kvp_wr16(out + 2, 0);
+    kvp_wr16(out + 2, (uint16_t)(dbits - 5)); /* 0: 32 direct symbols, 1: 64 */
     kvp_wr32(out + 4, kvp_f32_bits(kind == KVP_PLANE_LOSSY ? step : 1.0f));
     kvp_wr32(out + 8, (uint32_t)side);
     kvp_wr32(out + 12, (uint32_t)rn);
@@ -264,7 +282,7 @@ int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_pla
 /* ---- decoder ---- */
 
 typedef struct {
-    int kind, n_classes;
+    int kind, n_classes, dbits;
     float step;
     size_t side, rans, raw;
 } kvp_plane_head;
@@ -281,7 +299,8 @@ static int kvp_plane_read_head(const uint8_t *in, size_t size, int d, kvp_plane_
     if (h->n_classes < 1 || h->n_classes > KVP_MIN(KVP_PLANE_MAX_CLASSES, d))
         return kvp_seterr(KVP_EFORMAT, "plane has %d channel classes (valid: 1..%d)", h->n_classes,
                           KVP_MIN(KVP_PLANE_MAX_CLASSES, d));
-    if (kvp_rd16(in + 2) != 0) return kvp_seterr(KVP_EFORMAT, "plane's reserved field is not zero");
+    if (kvp_rd16(in + 2) > 1) return kvp_seterr(KVP_EFORMAT, "plane's symbol code %u is unknown", kvp_rd16(in + 2));
+    h->dbits = 5 + kvp_rd16(in + 2);
     if (h->kind == KVP_PLANE_LOSSY ? !(h->step > 0) || !isfinite(h->step) : h->step != 1.0f)
         return kvp_seterr(KVP_EFORMAT, "plane step %g is invalid for its kind %d", h->step, h->kind);
     if ((uint64_t)h->side + h->rans + h->raw != size - KVP_PLANE_HEADER)
@@ -312,9 +331,9 @@ static int kvp_plane_read_side(const uint8_t *p, const kvp_plane_head *h, int d,
                               w->cls[c], h->n_classes, (long long)w->m[c], br.overrun ? " (truncated)" : "");
     }
     for (int g = 0; g < h->n_classes; g++) {
-        uint8_t codes[KVP_SYM_COUNT];
+        uint8_t codes[KVP_SYM_MAX];
         int len;
-        KVP_TRY(kvp_hist_read(&br, codes, &len));
+        KVP_TRY(kvp_hist_read(&br, codes, &len, kvp_sym_count(h->dbits)));
         KVP_TRY(kvp_hist_model(codes, len, &w->models[g]));
         kvp_rans_table(&w->models[g], w->tables + (size_t)g * KVP_RANS_TOTAL);
     }
@@ -323,12 +342,12 @@ static int kvp_plane_read_side(const uint8_t *p, const kvp_plane_head *h, int d,
 
 /* Decodes one value's integer: symbol, raw bits, prediction. Sets *bad when out of range. */
 static inline int64_t kvp_plane_value(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_work *w, int c, int lane,
-                                      int64_t *pred) {
+                                      int dbits, int64_t *pred) {
     int sym = kvp_rans_dec_get(rd, lane, w->tabp[c]);
     uint32_t u = (uint32_t)sym;
-    if (sym >= 32) {
+    if (sym >= 1 << dbits) {
         int nb;
-        u = kvp_sym_base(sym, &nb);
+        u = kvp_sym_base(sym, dbits, &nb);
         u |= kvp_bitr_get(raw, nb);
     }
     int64_t q = *pred + kvp_unzigzag(u);
@@ -336,10 +355,12 @@ static inline int64_t kvp_plane_value(kvp_rans_dec *rd, kvp_bitr *raw, const kvp
     return q;
 }
 
-/* The fast path of lossy planes whose width is a multiple of 4: value c of a row uses state
- * c % 4, kept in a register. Same results as the general loop. */
-static inline int64_t kvp_lossy_one(uint32_t *x, const uint8_t **p, const uint8_t *end, int *overrun,
-                                    const uint32_t *table, kvp_bitr *raw, int64_t *pred, int64_t mask) {
+/* The fast path of lossy planes whose width is a multiple of 4, in passes. Pass 1 decodes the
+ * rANS symbols of all values into w->u, value c of a row on state c % 4, the states kept in
+ * registers; then the raw bits of the escape symbols are read, and row by row the residuals
+ * are turned into values. Same results as the general loop (its reference twin). */
+static inline uint32_t kvp_sym_one(uint32_t *x, const uint8_t **p, const uint8_t *end, int *overrun,
+                                   const uint32_t *table) {
     uint32_t s = *x, ent = table[s & (KVP_RANS_TOTAL - 1)];
     s = ((ent >> 7) & 0x1fff) * (s >> KVP_RANS_BITS) + (ent >> 20);
     if (s < KVP_RANS_L) {
@@ -352,41 +373,137 @@ static inline int64_t kvp_lossy_one(uint32_t *x, const uint8_t **p, const uint8_
         }
     }
     *x = s;
-    uint32_t u = ent & 127;
-    if (u >= 32) {
-        int nb;
-        u = kvp_sym_base((int)u, &nb) | kvp_bitr_get(raw, nb);
-    }
-    int64_t q = *pred + kvp_unzigzag(u);
-    *pred ^= (*pred ^ q) & mask;
-    return q;
+    return ent & 127;
 }
 
-static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, int n, int d, float step, float *out,
-                                 kvp_plane_work *w) {
+/* Renormalizes four states that have each decoded one symbol, as the sequential decoder
+ * would: the states below 2^16, in lane order, take the next 16-bit words. Branch-free; needs
+ * 8 readable bytes at *p. Returns the new first state. */
+static inline uint32_t kvp_renorm4(uint32_t x0, const uint8_t **p, uint32_t *x1, uint32_t *x2, uint32_t *x3) {
+    uint64_t v = kvp_rd64(*p);
+    uint32_t n0 = x0 < KVP_RANS_L, n1 = *x1 < KVP_RANS_L, n2 = *x2 < KVP_RANS_L, n3 = *x3 < KVP_RANS_L;
+    uint32_t o1 = n0, o2 = o1 + n1, o3 = o2 + n2;
+    x0 = n0 ? (x0 << 16) | (uint32_t)(v & 0xffff) : x0;
+    *x1 = n1 ? (*x1 << 16) | (uint32_t)((v >> (16 * o1)) & 0xffff) : *x1;
+    *x2 = n2 ? (*x2 << 16) | (uint32_t)((v >> (16 * o2)) & 0xffff) : *x2;
+    *x3 = n3 ? (*x3 << 16) | (uint32_t)((v >> (16 * o3)) & 0xffff) : *x3;
+    *p += 2 * (o3 + n3);
+    return x0;
+}
+
+static void kvp_plane_symbols4(kvp_rans_dec *rd, int n, int d, uint32_t *u, const uint32_t **tp) {
     uint32_t x0 = rd->x[0], x1 = rd->x[1], x2 = rd->x[2], x3 = rd->x[3];
     const uint8_t *p = rd->p, *end = rd->end;
     int overrun = 0;
-    uint64_t bad = 0;
-    const uint32_t **tp = w->tabp;
-    int64_t *pred = w->pred, *mask = w->mask;
-    for (int t = 0; t < n; t++, out += d)
+    for (int t = 0; t < n; t++, u += d)
         for (int c = 0; c < d; c += 4) {
-            int64_t q0 = kvp_lossy_one(&x0, &p, end, &overrun, tp[c], raw, &pred[c], mask[c]);
-            int64_t q1 = kvp_lossy_one(&x1, &p, end, &overrun, tp[c + 1], raw, &pred[c + 1], mask[c + 1]);
-            int64_t q2 = kvp_lossy_one(&x2, &p, end, &overrun, tp[c + 2], raw, &pred[c + 2], mask[c + 2]);
-            int64_t q3 = kvp_lossy_one(&x3, &p, end, &overrun, tp[c + 3], raw, &pred[c + 3], mask[c + 3]);
-            bad |= (uint64_t)(q0 + KVP_PLANE_QMAX) | (uint64_t)(q1 + KVP_PLANE_QMAX) | (uint64_t)(q2 + KVP_PLANE_QMAX) |
-                   (uint64_t)(q3 + KVP_PLANE_QMAX);
-            out[c] = (float)q0 * step;
-            out[c + 1] = (float)q1 * step;
-            out[c + 2] = (float)q2 * step;
-            out[c + 3] = (float)q3 * step;
+            if (end - p >= 8) { /* the four states renormalize together, without branches */
+                uint32_t e0 = tp[c][x0 & (KVP_RANS_TOTAL - 1)], e1 = tp[c + 1][x1 & (KVP_RANS_TOTAL - 1)];
+                uint32_t e2 = tp[c + 2][x2 & (KVP_RANS_TOTAL - 1)], e3 = tp[c + 3][x3 & (KVP_RANS_TOTAL - 1)];
+                x0 = ((e0 >> 7) & 0x1fff) * (x0 >> KVP_RANS_BITS) + (e0 >> 20);
+                x1 = ((e1 >> 7) & 0x1fff) * (x1 >> KVP_RANS_BITS) + (e1 >> 20);
+                x2 = ((e2 >> 7) & 0x1fff) * (x2 >> KVP_RANS_BITS) + (e2 >> 20);
+                x3 = ((e3 >> 7) & 0x1fff) * (x3 >> KVP_RANS_BITS) + (e3 >> 20);
+                x0 = kvp_renorm4(x0, &p, &x1, &x2, &x3);
+                u[c] = e0 & 127, u[c + 1] = e1 & 127, u[c + 2] = e2 & 127, u[c + 3] = e3 & 127;
+                continue;
+            }
+            u[c] = kvp_sym_one(&x0, &p, end, &overrun, tp[c]);
+            u[c + 1] = kvp_sym_one(&x1, &p, end, &overrun, tp[c + 1]);
+            u[c + 2] = kvp_sym_one(&x2, &p, end, &overrun, tp[c + 2]);
+            u[c + 3] = kvp_sym_one(&x3, &p, end, &overrun, tp[c + 3]);
         }
     rd->x[0] = x0, rd->x[1] = x1, rd->x[2] = x2, rd->x[3] = x3;
     rd->p = p;
     rd->overrun |= overrun;
-    return bad >> 23; /* non-zero when some q + QMAX is negative or >= 2^23, i.e. q outside [-QMAX, QMAX) */
+}
+
+/* The raw bits of one row's escape symbols (>= 2^dbits), each becoming its value
+ * (kvp_sym_base) with its raw bits: the branch per symbol is cheap when escapes are rare. */
+static void kvp_plane_row_raw(uint32_t *u, int d, int dbits, kvp_bitr *raw) {
+    for (int c = 0; c < d; c++)
+        if (u[c] >= 1u << dbits) {
+            int nb;
+            uint32_t base = kvp_sym_base((int)u[c], dbits, &nb);
+            u[c] = base | kvp_bitr_get_fast(raw, nb);
+        }
+}
+
+/* The expected share of escapes in a plane, in 1/2048 units per channel summed over channels,
+ * from its n_classes class models: decides between the two ways of reading raw bits. */
+static uint32_t kvp_plane_escape_rate(int d, int n_classes, int dbits, const kvp_plane_work *w) {
+    uint32_t cls_rate[KVP_PLANE_MAX_CLASSES], sum = 0;
+    for (int g = 0; g < n_classes; g++) {
+        cls_rate[g] = 0;
+        for (int sym = 1 << dbits; sym < KVP_SYM_MAX; sym++) cls_rate[g] += w->models[g].freq[sym];
+    }
+    for (int c = 0; c < d; c++) sum += cls_rate[w->cls[c]];
+    return sum;
+}
+
+/* The raw bits of the escape symbols (>= 2^dbits) among the N symbols in u, in value order:
+ * their positions are gathered first without branches (into esc, N entries), so only the
+ * escapes take the (unpredictable) slow path. Each becomes its value (kvp_sym_base) with its
+ * raw bits. */
+#if defined(__GNUC__)
+__attribute__((noinline)) /* kept out of the decoding loop's code: inlined, it slowed planes without escapes */
+#endif
+static void kvp_plane_raw_escapes(uint32_t *u, size_t N, int dbits, uint32_t *esc, kvp_bitr *raw) {
+    size_t k = 0;
+    for (size_t i = 0; i < N; i++) {
+        esc[k] = (uint32_t)i;
+        k += u[i] >= 1u << dbits;
+    }
+    for (size_t j = 0; j < k; j++) {
+        int nb;
+        uint32_t base = kvp_sym_base((int)u[esc[j]], dbits, &nb);
+        u[esc[j]] = base | kvp_bitr_get_fast(raw, nb);
+    }
+}
+
+/* The values of one row, in 32-bit wrapping arithmetic: the residual is in [-2^31, 2^31) and the
+ * prediction in [-QMAX, QMAX) (or the plane is already bad), so a true q outside the range
+ * never wraps into it, and q + QMAX < 2^23 (unsigned) is exactly the range check. Returns
+ * the OR of every q + QMAX. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static uint32_t kvp_plane_row_values(const uint32_t *restrict u, int d, float step, float *restrict out,
+                                     int32_t *restrict pred, const int32_t *restrict mask) {
+    uint32_t bad = 0;
+    for (int c = 0; c < d; c++) {
+        uint32_t r = (u[c] >> 1) ^ (0u - (u[c] & 1)), pr = (uint32_t)pred[c], q = pr + r;
+        pred[c] = (int32_t)(pr ^ ((pr ^ q) & (uint32_t)mask[c]));
+        bad |= q + KVP_PLANE_QMAX;
+        out[c] = (float)(int32_t)q * step;
+    }
+    return bad;
+}
+
+static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_head *h, int n, int d, float *out,
+                                 kvp_plane_work *w) {
+    int dbits = h->dbits;
+    float step = h->step;
+    kvp_plane_symbols4(rd, n, d, w->u, w->tabp);
+    for (int c = 0; c < d; c++) {
+        w->pred32[c] = (int32_t)w->pred[c]; /* m_c, in range (checked when read) */
+        w->mask32[c] = (int32_t)w->mask[c];
+    }
+    /* frequent escapes (over 1/32 of the values, by the models): gather them first; rare: a
+     * branch per value (measured on stories260K: 1/8 to 1/64 are all within a few percent) */
+    int gather = kvp_plane_escape_rate(d, h->n_classes, dbits, w) > (uint32_t)d * (KVP_RANS_TOTAL / 32);
+    uint32_t bad = 0;
+    if (gather) {
+        kvp_plane_raw_escapes(w->u, (size_t)n * (size_t)d, dbits, (uint32_t *)w->q, raw);
+        for (int t = 0; t < n; t++)
+            bad |= kvp_plane_row_values(w->u + (size_t)t * d, d, step, out + (size_t)t * d, w->pred32, w->mask32);
+    } else {
+        for (int t = 0; t < n; t++) {
+            kvp_plane_row_raw(w->u + (size_t)t * d, d, dbits, raw);
+            bad |= kvp_plane_row_values(w->u + (size_t)t * d, d, step, out + (size_t)t * d, w->pred32, w->mask32);
+        }
+    }
+    return bad >> 23; /* non-zero when some q + QMAX is outside [0, 2^23), i.e. q outside [-QMAX, QMAX) */
 }
 
 /* The general loop: any width, any kind. */
@@ -398,7 +515,7 @@ static uint64_t kvp_plane_general(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_pla
     size_t i = 0;
     for (int t = 0; t < n; t++)
         for (int c = 0; c < d; c++, i++) {
-            int64_t q = kvp_plane_value(rd, raw, w, c, (int)(i & (KVP_RANS_LANES - 1)), &w->pred[c]);
+            int64_t q = kvp_plane_value(rd, raw, w, c, (int)(i & (KVP_RANS_LANES - 1)), h->dbits, &w->pred[c]);
             bad |= (uint64_t)(q - lo) > (uint64_t)(hi - lo);
             if (h->kind == KVP_PLANE_LOSSY)
                 x[i] = (float)q * h->step;
@@ -417,7 +534,7 @@ static int kvp_plane_values(const uint8_t *rs, const uint8_t *raws, const kvp_pl
     kvp_bitr raw;
     kvp_bitr_init(&raw, raws, h->raw);
     for (int c = 0; c < d; c++) w->tabp[c] = w->tables + (size_t)w->cls[c] * KVP_RANS_TOTAL;
-    uint64_t bad = h->kind == KVP_PLANE_LOSSY && d % 4 == 0 && !w->ref ? kvp_plane_lossy4(&rd, &raw, n, d, h->step, x, w)
+    uint64_t bad = h->kind == KVP_PLANE_LOSSY && d % 4 == 0 && !w->ref ? kvp_plane_lossy4(&rd, &raw, h, n, d, x, w)
                                                            : kvp_plane_general(&rd, &raw, h, n, d, x, w);
     if (bad) return kvp_seterr(KVP_EFORMAT, "plane decodes to values out of range");
     KVP_TRY(kvp_rans_dec_finish(&rd));

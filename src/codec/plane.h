@@ -42,6 +42,7 @@ typedef struct kvp_plane_work {
     int64_t *m;       /* (n_channels) per-channel prediction base m_c */
     int64_t *pred;    /* (n_channels) decoder: the running prediction */
     int64_t *mask;    /* (n_channels) decoder: -1 for delta channels, 0 for direct */
+    int32_t *pred32, *mask32; /* (n_channels) the fast path's 32-bit copies of pred and mask */
     uint64_t *cost;   /* (2 n_channels) encoder: residual sizes of the two modes, then sort keys */
     uint8_t *mode, *cls;       /* (n_channels) */
     uint32_t *tables;          /* (KVP_PLANE_MAX_CLASSES, KVP_RANS_TOTAL) decoding tables */

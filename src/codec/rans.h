@@ -3,9 +3,10 @@
  * information and raw bits, symbolization of unsigned residuals, compact histogram codes
  * (docs/FORMAT.md, "Histograms"), and a static rANS coder with four interleaved states.
  *
- * Symbols: an unsigned value u < 32 is its own symbol; a larger u with e = floor(log2 u)
- * (5 <= e <= 31) is symbol 32 + 2 (e - 5) + (the bit of u below its top bit), followed by
- * the low e - 1 bits of u as raw bits. So there are KVP_SYM_COUNT = 86 symbols.
+ * Symbols, with D = 2^dbits direct symbols (dbits 5 or 6): an unsigned value u < D is its own
+ * symbol; a larger u with e = floor(log2 u) (dbits <= e <= 31) is symbol D + 2 (e - dbits) +
+ * (the bit of u below its top bit), followed by the low e - 1 bits of u as raw bits. So there
+ * are D + 2 (32 - dbits) symbols: 86 for dbits 5 (every version 1 plane), 116 for dbits 6.
  *
  * rANS: probabilities are integers summing to 2^KVP_RANS_BITS; states are 32-bit, kept in
  * [2^16, 2^32) and renormalized 16 bits at a time; symbol i of a stream uses state i % 4.
@@ -27,14 +28,19 @@
 #define KVP_RANS_TOTAL (1u << KVP_RANS_BITS)
 #define KVP_RANS_L (1u << 16)
 #define KVP_RANS_LANES 4
-#define KVP_SYM_COUNT 86
+#define KVP_SYM_COUNT 86 /* symbols with 32 direct ones */
+#define KVP_SYM_MAX 116  /* symbols with 64 direct ones: the most any plane has */
 #define KVP_HIST_CODES 64 /* histogram codes are 6 bits: 0 = absent, 1..63 = an approximate count */
 
 /* ---- symbolization ---- */
 
-/* The symbol of u; *extra and *nbits receive the raw bits that follow it. */
-static inline int kvp_sym_encode(uint32_t u, uint32_t *extra, int *nbits) {
-    if (u < 32) {
+/* The number of symbols with 2^dbits direct ones. */
+static inline int kvp_sym_count(int dbits) { return (1 << dbits) + 2 * (32 - dbits); }
+
+/* The symbol of u with 2^dbits direct symbols; *extra and *nbits receive the raw bits that
+ * follow it. */
+static inline int kvp_sym_encode(uint32_t u, int dbits, uint32_t *extra, int *nbits) {
+    if (u < (1u << dbits)) {
         *extra = 0;
         *nbits = 0;
         return (int)u;
@@ -42,14 +48,14 @@ static inline int kvp_sym_encode(uint32_t u, uint32_t *extra, int *nbits) {
     int e = 31 - __builtin_clz(u);
     *nbits = e - 1;
     *extra = u & ((1u << (e - 1)) - 1);
-    return 32 + 2 * (e - 5) + (int)((u >> (e - 1)) & 1);
+    return (1 << dbits) + 2 * (e - dbits) + (int)((u >> (e - 1)) & 1);
 }
 
-/* For a symbol >= 32: the value without its raw bits, and their count in *nbits. */
-static inline uint32_t kvp_sym_base(int sym, int *nbits) {
-    int e = 5 + ((sym - 32) >> 1);
+/* For a symbol >= 2^dbits: the value without its raw bits, and their count in *nbits. */
+static inline uint32_t kvp_sym_base(int sym, int dbits, int *nbits) {
+    int k = sym - (1 << dbits), e = dbits + (k >> 1);
     *nbits = e - 1;
-    return (uint32_t)(2 + ((sym - 32) & 1)) << (e - 1);
+    return (uint32_t)(2 + (k & 1)) << (e - 1);
 }
 
 static inline uint32_t kvp_zigzag(int64_t r) { return (uint32_t)(((uint64_t)r << 1) ^ (uint64_t)(r >> 63)); }
@@ -86,6 +92,23 @@ typedef struct kvp_bitr {
 void kvp_bitr_init(kvp_bitr *r, const uint8_t *p, size_t size);
 /* Reads nbits (0..32). */
 uint32_t kvp_bitr_get(kvp_bitr *r, int nbits);
+/* kvp_bitr_get for the decoder's inner loops: when fewer than nbits (0..32) bits are held it
+ * loads whole bytes from an 8-byte window at once, which reads the same bits as kvp_bitr_get
+ * (its reference twin); within 8 bytes of the end it falls back to it. */
+static inline uint32_t kvp_bitr_get_fast(kvp_bitr *r, int nbits) {
+    if (r->n < nbits) {
+        if (r->end - r->p < 8) return kvp_bitr_get(r, nbits);
+        int k = (63 - r->n) >> 3; /* whole bytes that fit: n + 8k <= 63, and k >= 4 as n < 32 */
+        r->acc |= (kvp_rd64(r->p) & ((1ull << (8 * k)) - 1)) << r->n;
+        r->p += k;
+        r->n += 8 * k;
+    }
+    uint32_t v = (uint32_t)(r->acc & ((1ull << nbits) - 1));
+    r->acc >>= nbits;
+    r->n -= nbits;
+    return v;
+}
+
 /* Reads a signed order-0 Exp-Golomb code; a prefix longer than 32 bits sets `overrun`. */
 int64_t kvp_bitr_get_sexp(kvp_bitr *r);
 
@@ -93,20 +116,21 @@ int64_t kvp_bitr_get_sexp(kvp_bitr *r);
 
 /* A normalized model: freq[s] (summing to KVP_RANS_TOTAL) and cumulative start cum[s]. */
 typedef struct kvp_rans_model {
-    uint32_t freq[KVP_SYM_COUNT];
-    uint32_t cum[KVP_SYM_COUNT];
+    uint32_t freq[KVP_SYM_MAX];
+    uint32_t cum[KVP_SYM_MAX];
 } kvp_rans_model;
 
-/* Chooses the 6-bit code of every symbol from its count (0 for an absent symbol, 1..63 for the
+/* Chooses the 6-bit code of every one of KVP_SYM_MAX symbols from its count (0 for an absent symbol, 1..63 for the
  * approximate count nearest in ratio, scaled so the largest count gets code 63). Returns the
  * alphabet length: one past the last present symbol (0 when every count is 0). */
 int kvp_hist_codes(const uint32_t *counts, uint8_t *codes);
 /* Builds the normalized model from codes[0..n) (codes past n are absent). Integer arithmetic
  * only, so the encoder and every decoder agree. KVP_EFORMAT when no symbol is present. */
 int kvp_hist_model(const uint8_t *codes, int n, kvp_rans_model *m);
-/* Writes / reads the alphabet length (7 bits, 1..86) and the n codes (6 bits each). */
+/* Writes / reads the alphabet length (7 bits, 1..max) and the n codes (6 bits each); the
+ * reader takes max = kvp_sym_count(dbits) of the plane and fills codes[KVP_SYM_MAX]. */
 void kvp_hist_write(kvp_bitw *w, const uint8_t *codes, int n);
-int kvp_hist_read(kvp_bitr *r, uint8_t *codes, int *n);
+int kvp_hist_read(kvp_bitr *r, uint8_t *codes, int *n, int max);
 /* Fills the decoding table: for each slot of [0, 2^KVP_RANS_BITS) the packed entry
  * sym | freq << 7 | (slot - cum[sym]) << 20. */
 void kvp_rans_table(const kvp_rans_model *m, uint32_t *table);

@@ -11,6 +11,8 @@
 #include "engine/engine.h"
 #include "store.h"
 
+#define KVP_ENTRY_VERSION 2 /* written; 2 may hold chunks with rotated keys (.kvz version 2) */
+
 /* ---- entries ---- */
 
 size_t kvp_entry_bytes(int n_tokens, size_t blob) { return KVP_ENTRY_FIXED + 4 * (size_t)n_tokens + 4 + blob + 4; }
@@ -18,7 +20,7 @@ size_t kvp_entry_bytes(int n_tokens, size_t blob) { return KVP_ENTRY_FIXED + 4 *
 void kvp_entry_write(uint8_t *out, const uint8_t key[16], uint64_t md, int chunk_tokens, int end, const int *tokens,
                      int n_tokens, const uint8_t *blob, size_t blob_size) {
     memcpy(out, "KVPE", 4);
-    kvp_wr16(out + 4, 1);
+    kvp_wr16(out + 4, KVP_ENTRY_VERSION);
     kvp_wr16(out + 6, 0);
     memcpy(out + 8, key, 16);
     kvp_wr64(out + 24, md);
@@ -37,7 +39,9 @@ static int kvp_entry_head(const uint8_t *in, size_t size, int n_tokens) {
     if (size < kvp_entry_bytes(n_tokens, 0))
         return kvp_seterr(KVP_EFORMAT, "store entry of %zu bytes is too short for %d tokens", size, n_tokens);
     if (memcmp(in, "KVPE", 4)) return kvp_seterr(KVP_EFORMAT, "store entry does not start with 'KVPE'");
-    if (kvp_rd16(in + 4) != 1) return kvp_seterr(KVP_EUNSUPPORTED, "store entry version %u is not supported (1)", kvp_rd16(in + 4));
+    if (kvp_rd16(in + 4) < 1 || kvp_rd16(in + 4) > KVP_ENTRY_VERSION)
+        return kvp_seterr(KVP_EUNSUPPORTED, "store entry version %u is not supported (1 to %d)", kvp_rd16(in + 4),
+                          KVP_ENTRY_VERSION);
     uint32_t crc = kvp_rd32(in + size - 4), got = kvp_crc32c(0, in, size - 4);
     if (crc != got) return kvp_seterr(KVP_ECORRUPT, "store entry checksum mismatch (stored %08x, computed %08x)", crc, got);
     if (kvp_rd16(in + 6)) return kvp_seterr(KVP_EFORMAT, "store entry's reserved field is not zero");
@@ -138,7 +142,7 @@ static int kvp_load_entry(kvp_loader *ld, int end) {
 }
 
 static int kvp_loader_init(kvp_loader *ld, kvp_ctx *c, kvp_store *s, const int *tokens, int C) {
-    *ld = (kvp_loader){c, s, tokens, C, 0, {0, 0, 0}, NULL, NULL};
+    *ld = (kvp_loader){c, s, tokens, C, 0, {0}, NULL, NULL};
     kvp_fingerprint fp;
     kvp_fingerprint_of(kvp_ctx_model(c), &fp);
     ld->md = kvp_fingerprint_digest(&fp);
