@@ -309,7 +309,8 @@ TEST(codec_chunk_rotary) {
     for (int p = 0; p < 4; p++) {
         double ss = 0;
         for (size_t i = 0; i < N; i++) ss += (double)kv[p * N + i] * kv[p * N + i];
-        float half = kvp_codec_step(KVP_LEVEL_MEDIUM, p % 2, sqrt(ss / (double)N), 1.0) / 2 * (p % 2 ? 1.0f : 1.4143f);
+        float half = kvp_codec_step(KVP_LEVEL_MEDIUM, p % 2, sqrt(ss / (double)N), 1.0, kvp_codec_depth(p / 2, 2)) / 2 *
+                     (p % 2 ? 1.0f : 1.4143f);
         for (size_t i = 0; i < N; i++)
             CHECKF(fabsf(out[p * N + i] - kv[p * N + i]) <= half * 1.001f + 1e-5f, "plane %d value %zu", p, i);
     }

@@ -117,7 +117,8 @@ static void kvt_golden_decode(const uint8_t *buf, size_t size, int f32) {
             const uint8_t *chunk = buf + ci.offset;
             float half = ci.level == KVP_LEVEL_LOSSLESS ? 0 : kvt_plane_half_step(chunk, p);
             if (ci.level != KVP_LEVEL_LOSSLESS)
-                CHECK(fabsf(half - kvp_codec_step(ci.level, p % 2, sqrt(ss / (double)N), 1.0) / 2) <= half * 1e-5f ||
+                CHECK(fabsf(half - kvp_codec_step(ci.level, p % 2, sqrt(ss / (double)N), 1.0,
+                                                  kvp_codec_depth(p / 2, KVT_L)) / 2) <= half * 1e-5f ||
                       in->version == 1);
             if (p % 2 == 0 && (chunk[5] & KVP_CHUNK_ROTARY)) half = half * 1.4143f + 1e-5f;
             for (size_t j = 0; j < N; j++)
