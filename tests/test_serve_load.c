@@ -336,22 +336,43 @@ static int kvt_others_served(int port, char *err, size_t cap) {
     return ok == 4;
 }
 
+/* The setup of both tests below: a server on the tiny model with --timeout `timeout`, one
+ * client that read the first event of a long stream and then stopped reading (its socket
+ * is returned, buf holds what it read, *got its length), and 4 other clients that were
+ * served meanwhile. Returns -1 (the test has failed) when any of that did not happen. */
+static int kvt_stall_setup(int timeout, kvt_server *s, char *model, size_t model_cap, char *buf, size_t cap,
+                           size_t *got) {
+    char args[512], err[256] = "";
+    if (!kvt_tiny_model(model, model_cap)) {
+        kvt_fail(__FILE__, __LINE__, "could not write the tiny model");
+        return -1;
+    }
+    snprintf(args, sizeof args, "-m %s -c 16384 --timeout %d --parallel 8", model, timeout);
+    if (kvt_serve_start(s, args) != 0) {
+        kvt_fail(__FILE__, __LINE__, "server did not start: %s", kvt_serve_log(s, kvt_log, sizeof kvt_log));
+        return -1;
+    }
+    *got = 0;
+    int fd = kvt_stalled_reader(s->port, buf, cap, got);
+    if (fd < 0 || !strstr(buf, "data: ")) kvt_fail(__FILE__, __LINE__, "no first event: %.200s", buf);
+    else if (!kvt_others_served(s->port, err, sizeof err)) kvt_fail(__FILE__, __LINE__, "another client: %s", err);
+    else return fd;
+    if (fd >= 0) close(fd);
+    kvt_serve_stop(s);
+    return -1;
+}
+
 /* A client that stops reading its stream (without closing) while others are served: the
  * scheduler generates all its tokens anyway (the job keeps them; only the connection's own
  * thread waits for the socket), the other clients get their answers meanwhile, and when the
  * client reads again, slowly, it gets the whole stream. */
 TEST(serve_slow_reader_does_not_block) {
-    char model[64], args[512];
+    char model[64];
     static char buf[1 << 16];
-    CHECK(kvt_tiny_model(model, sizeof model));
     kvt_server s;
-    snprintf(args, sizeof args, "-m %s -c 16384 --timeout 120 --parallel 8", model);
-    START(s, args);
     size_t got = 0;
-    int fd = kvt_stalled_reader(s.port, buf, sizeof buf, &got);
-    CHECKF(fd >= 0 && strstr(buf, "data: "), "no first event: %.200s", buf);
-    char err[256] = "";
-    CHECKF(kvt_others_served(s.port, err, sizeof err), "another client: %s", err);
+    int fd = kvt_stall_setup(120, &s, model, sizeof model, buf, sizeof buf, &got);
+    CHECK(fd >= 0);
     /* the stalled stream's job ended in the engine: 1 + 12 requests, all its tokens made */
     CHECK(kvt_wait_metric_for(s.port, "kvpack_requests_total", 13, 120) == 13);
     CHECK(kvt_wait_metric(s.port, "kvpack_completion_tokens_total", KVT_SLOW_TOKENS + 48) == KVT_SLOW_TOKENS + 48);
@@ -370,17 +391,12 @@ TEST(serve_slow_reader_does_not_block) {
  * its generation, or cancelled by the drop if that comes first), and the server stops
  * cleanly. */
 TEST(serve_stalled_reader_dropped) {
-    char model[64], args[512];
+    char model[64];
     static char buf[1 << 16];
-    CHECK(kvt_tiny_model(model, sizeof model));
     kvt_server s;
-    snprintf(args, sizeof args, "-m %s -c 16384 --timeout 2 --parallel 8", model);
-    START(s, args);
     size_t got = 0;
-    int fd = kvt_stalled_reader(s.port, buf, sizeof buf, &got);
-    CHECKF(fd >= 0 && strstr(buf, "data: "), "no first event: %.200s", buf);
-    char err[256] = "";
-    CHECKF(kvt_others_served(s.port, err, sizeof err), "another client: %s", err);
+    int fd = kvt_stall_setup(2, &s, model, sizeof model, buf, sizeof buf, &got);
+    CHECK(fd >= 0);
     CHECKF(kvt_wait_metric(s.port, "kvpack_http_requests_total{endpoint=\"/v1/completions\",status=\"499\"}", 1) == 1,
            "the stalled reader's connection was not dropped");
     /* its job ended, whole or cancelled by the drop when the generation was slower (ASan) */
