@@ -144,11 +144,13 @@ TEST(codec_rans_rejects_bad_streams) {
 /* ---- planes ---- */
 
 /* Fills x with values of kind `kind`: lossy and exact16 get F16 values with an outlier
- * channel and specials; exact32 gets arbitrary F32 bit patterns. */
+ * channel, random-walk channels (which delta prediction suits) and specials; exact32 gets
+ * arbitrary F32 bit patterns. */
 static void kvt_plane_data(float *x, int n, int d, int kind, unsigned long long seed) {
     for (int t = 0; t < n; t++)
         for (int c = 0; c < d; c++) {
             float v = kvt_randf(&seed) * (1.0f + (float)(c % 5)) + (c == 1 ? 6.0f : 0.0f) + 0.01f * (float)t;
+            if (c % 7 == 3 && t > 0) v = x[(size_t)(t - 1) * d + c] + 0.05f * kvt_randf(&seed);
             if (kind == KVP_PLANE_EXACT32) {
                 uint32_t b = (uint32_t)kvt_rand_u64(&seed);
                 memcpy(&v, &b, 4);
@@ -167,7 +169,10 @@ static void kvt_plane_data(float *x, int n, int d, int kind, unsigned long long 
 
 static int kvt_bits_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof *a) == 0; }
 
-/* One plane of (n, d) of a kind: round trip through both decoding paths. */
+/* One plane of (n, d) of a kind: the reference search (trellis) gives the same bytes as the
+ * vector one, and they round trip through both decoding paths within the kind's bound: step / 2
+ * on the plain grid, 2 steps on the trellis (the farther of the two levels of its state's
+ * quantizer that bracket the value). */
 static void kvt_plane_case(int n, int d, int kind, float step) {
     size_t N = (size_t)n * d, cap = kvp_plane_bound(n, d), size = 0, size2 = 0;
     float *x = malloc(N * 4), *y = malloc(N * 4), *z = malloc(N * 4);
@@ -178,16 +183,19 @@ static void kvt_plane_case(int n, int d, int kind, float step) {
     CHECK_OK(kvp_plane_encode(x, n, d, kind, step, &w, out, cap, &size));
     CHECK_OK(kvp_plane_encode(x, n, d, kind, step, &w2, out2, cap, &size2));
     CHECKF(size == size2 && !memcmp(out, out2, size), "(%d, %d) kind %d: two encodings differ", n, d, kind);
+    CHECK_OK(kvp_plane_encode(x, n, d, kind, step, &wr, out2, cap, &size2));
+    CHECKF(size == size2 && !memcmp(out, out2, size), "(%d, %d) kind %d: the reference encoder differs", n, d, kind);
     int k = -1;
     CHECK_OK(kvp_plane_decode(out, size, n, d, y, &w, &k));
     CHECK(k == kind);
     CHECK_OK(kvp_plane_decode(out, size, n, d, z, &wr, NULL));
     CHECKF(kvt_bits_equal(y, z, N), "(%d, %d): fast and reference decoding differ", n, d);
-    for (size_t i = 0; i < N && kind != KVP_PLANE_LOSSY; i++)
+    for (size_t i = 0; i < N && !kvp_plane_is_lossy(kind); i++)
         CHECKF(!memcmp(&x[i], &y[i], 4), "(%d, %d) kind %d: value %zu %g != %g", n, d, kind, i, x[i], y[i]);
-    for (size_t i = 0; i < N && kind == KVP_PLANE_LOSSY; i++)
-        CHECKF(fabsf(x[i] - y[i]) <= step * 0.5f + fabsf(x[i]) * 1e-6f, /* step / 2, up to float rounding */
-               "(%d, %d): value %zu error %g > step/2 %g", n, d, i, fabsf(x[i] - y[i]), step / 2);
+    float bound = kind == KVP_PLANE_TRELLIS ? 2 * step : step * 0.5f;
+    for (size_t i = 0; i < N && kvp_plane_is_lossy(kind); i++)
+        CHECKF(fabsf(x[i] - y[i]) <= bound + fabsf(x[i]) * 1e-6f, /* up to float rounding */
+               "(%d, %d) kind %d: value %zu error %g > %g", n, d, kind, i, fabsf(x[i] - y[i]), bound);
     kvp_plane_work_free(&w);
     kvp_plane_work_free(&w2);
     kvp_plane_work_free(&wr);
@@ -195,16 +203,23 @@ static void kvt_plane_case(int n, int d, int kind, float step) {
 }
 
 TEST(codec_plane_roundtrip_odd_sizes) {
-    static const int shapes[][2] = {{1, 1}, {1, 4}, {2, 3}, {3, 5}, {7, 8}, {17, 12}, {33, 64}, {256, 64}, {64, 130}};
+    static const int shapes[][2] = {{1, 1}, {1, 4}, {2, 3}, {3, 5}, {7, 8}, {17, 12}, {33, 64}, {256, 64}, {64, 130},
+                                    {7, 33}, {3, 1023}, {256, 16}};
     for (size_t i = 0; i < KVP_ARRAY_LEN(shapes); i++)
-        for (int kind = 0; kind < 3; kind++) {
+        for (int kind = 0; kind <= KVP_PLANE_TRELLIS; kind++) {
             kvt_plane_case(shapes[i][0], shapes[i][1], kind, 0.05f);
             if (kvt_failed()) return;
         }
-    kvt_plane_case(100, 16, KVP_PLANE_LOSSY, 1e-4f); /* fine steps: large residuals and raw bits */
-    for (float step = 0.002f; step < 1.0f; step *= 3.0f) /* mixed escapes, every renormalization pattern */
-        kvt_plane_case(203, 20, KVP_PLANE_LOSSY, step);
-    kvt_plane_case(100, 16, KVP_PLANE_LOSSY, 100.0f); /* coarse: everything rounds to zero */
+    for (int kind = 0; kind <= KVP_PLANE_TRELLIS; kind += KVP_PLANE_TRELLIS) {
+        kvt_plane_case(100, 16, kind, 1e-4f); /* fine steps: large residuals and raw bits */
+        for (float step = 0.002f; step < 1.0f; step *= 3.0f) /* mixed escapes, every renormalization pattern */
+            kvt_plane_case(203, 20, kind, step);
+        kvt_plane_case(100, 16, kind, 100.0f); /* coarse: everything rounds to zero */
+        float x[64 * 48], top = 0;
+        kvt_plane_data(x, 64, 48, kind, 64 * 1000 + 48 * 10 + (unsigned long long)kind);
+        for (int i = 0; i < 64 * 48; i++) top = fmaxf(top, fabsf(x[i]));
+        kvt_plane_case(64, 48, kind, top / (float)(KVP_PLANE_QMAX - 8)); /* integers near the range's ends */
+    }
 }
 
 TEST(codec_plane_rejects_bad_input) {
@@ -292,10 +307,10 @@ TEST(codec_rotary_matches_rope) {
         }
 }
 
-/* A chunk with rotated keys decodes within sqrt(2) half steps; lossless chunks never rotate;
- * the chunk's rotary fields are checked. */
+/* A chunk with rotated keys decodes within sqrt(2) times its trellis planes' bound (two
+ * steps); lossless chunks never rotate; the chunk's rotary fields are checked. */
 TEST(codec_chunk_rotary) {
-    kvp_chunk_shape s = {2, 2, 8, 10000.0f, KVP_ROPE_NEOX};
+    kvp_chunk_shape s = {2, 2, 8, 10000.0f, KVP_ROPE_NEOX, 0};
     int n = 77, d = 16, pos = 513;
     size_t N = (size_t)n * d, cap = kvp_chunk_bound(&s, n), size = 0;
     float *kv = malloc(sizeof(float) * 4 * N), *out = malloc(sizeof(float) * 4 * N);
@@ -309,7 +324,7 @@ TEST(codec_chunk_rotary) {
     for (int p = 0; p < 4; p++) {
         double ss = 0;
         for (size_t i = 0; i < N; i++) ss += (double)kv[p * N + i] * kv[p * N + i];
-        float half = kvp_codec_step(KVP_LEVEL_MEDIUM, p % 2, sqrt(ss / (double)N), 1.0, kvp_codec_depth(p / 2, 2)) / 2 *
+        float half = kvp_codec_step(KVP_LEVEL_MEDIUM, p % 2, sqrt(ss / (double)N), 1.0, kvp_codec_depth(p / 2, 2)) * 2 *
                      (p % 2 ? 1.0f : 1.4143f);
         for (size_t i = 0; i < N; i++)
             CHECKF(fabsf(out[p * N + i] - kv[p * N + i]) <= half * 1.001f + 1e-5f, "plane %d value %zu", p, i);

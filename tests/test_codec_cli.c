@@ -45,7 +45,7 @@ TEST(codec_cli_save_inspect_load) {
     CHECK(strstr(kvt_cout, "bits/value") != NULL);
     snprintf(args, sizeof args, "inspect %s -m %s", kvz, model);
     CHECKF(kvt_run(args) == 0, "%s", kvt_cout);
-    CHECK(strstr(kvt_cout, "format version 2") && strstr(kvt_cout, "lossless") && strstr(kvt_cout, "matches"));
+    CHECK(strstr(kvt_cout, "format version 3") && strstr(kvt_cout, "lossless") && strstr(kvt_cout, "matches"));
     CHECK(strstr(kvt_cout, " ok") && !strstr(kvt_cout, "fail"));
     snprintf(args, sizeof args, "run -m %s --load %s -p ' One day,' -n 12 --temp 0", model, kvz);
     CHECKF(kvt_run(args) == 0, "%s", kvt_cout);

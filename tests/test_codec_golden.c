@@ -9,7 +9,8 @@
  * To regenerate after a deliberate change: KVP_WRITE_GOLDEN=1 build/kvpack-tests codec_golden
  *
  * kvz-v1-*.kvz were written by the version 1 encoder (before rotated keys and today's
- * steps): they must still open and decode within each plane's own half step. The rotary cases
+ * steps), kvz-v2-*.kvz by the version 2 encoder (plain grids before trellis planes): they must
+ * still open and decode within each plane's own half step. The rotary cases
  * take their angles from libm's cos and sin in double precision, which glibc rounds the same
  * way on every x86-64 machine.
  */
@@ -59,7 +60,7 @@ static uint8_t *kvt_golden_encode(const int *levels, int f32, int rope_style, si
     int tokens[KVT_N];
     kvt_golden_header(&h, tokens);
     if (f32) h.kv_type = KVP_TYPE_F32;
-    kvp_chunk_shape s = {KVT_L, KVT_KVH, KVT_HD, rope_style >= 0 ? 10000.0f : 0.0f, KVP_MAX(rope_style, 0)};
+    kvp_chunk_shape s = {KVT_L, KVT_KVH, KVT_HD, rope_style >= 0 ? 10000.0f : 0.0f, KVP_MAX(rope_style, 0), 0};
     kvp_kvz_chunk_info table[2];
     size_t cap = (size_t)h.header_size + 2 * kvp_chunk_bound(&s, KVT_C), at = h.header_size;
     uint8_t *out = malloc(cap);
@@ -82,18 +83,22 @@ static uint8_t *kvt_golden_encode(const int *levels, int f32, int rope_style, si
     return out;
 }
 
-/* Half the step plane p of a chunk says it uses (its bytes are well-formed: the CRC passed). */
-static float kvt_plane_half_step(const uint8_t *chunk, int p) {
+/* Half the step plane p of a chunk says it uses (its bytes are well-formed: the CRC passed),
+ * and the plane's kind. */
+static float kvt_plane_half_step(const uint8_t *chunk, int p, int *kind) {
     size_t at = KVP_CHUNK_HEADER + 4 * 2 * KVT_L;
     for (int i = 0; i < p; i++) at += kvp_rd32(chunk + KVP_CHUNK_HEADER + 4 * (size_t)i);
     uint32_t bits = kvp_rd32(chunk + at + 4);
     float step;
     memcpy(&step, &bits, 4);
+    *kind = chunk[at];
     return step / 2;
 }
 
 /* Decodes a golden image and checks it against the generator: each value within its plane's
- * half step (rotated keys: within sqrt(2) half steps, the rotation of a pair's two errors). */
+ * half step, or two steps for a trellis plane (the farther of the two levels of its state's
+ * quantizer that bracket the value); rotated keys: sqrt(2) times that, the rotation of a
+ * pair's two errors. */
 static void kvt_golden_decode(const uint8_t *buf, size_t size, int f32) {
     kvp_kvz *z = NULL;
     CHECK_OK(kvp_kvz_open(buf, size, &z));
@@ -115,11 +120,14 @@ static void kvt_golden_decode(const uint8_t *buf, size_t size, int f32) {
             double ss = 0;
             for (size_t j = 0; j < N; j++) ss += (double)x[j] * x[j];
             const uint8_t *chunk = buf + ci.offset;
-            float half = ci.level == KVP_LEVEL_LOSSLESS ? 0 : kvt_plane_half_step(chunk, p);
+            int kind = KVP_PLANE_EXACT16;
+            float half = ci.level == KVP_LEVEL_LOSSLESS ? 0 : kvt_plane_half_step(chunk, p, &kind);
             if (ci.level != KVP_LEVEL_LOSSLESS)
                 CHECK(fabsf(half - kvp_codec_step(ci.level, p % 2, sqrt(ss / (double)N), 1.0,
                                                   kvp_codec_depth(p / 2, KVT_L)) / 2) <= half * 1e-5f ||
-                      in->version == 1);
+                      in->version < KVP_KVZ_VERSION);
+            CHECK((kind == KVP_PLANE_TRELLIS) == (ci.level != KVP_LEVEL_LOSSLESS && in->version >= 3));
+            if (kind == KVP_PLANE_TRELLIS) half *= 4;
             if (p % 2 == 0 && (chunk[5] & KVP_CHUNK_ROTARY)) half = half * 1.4143f + 1e-5f;
             for (size_t j = 0; j < N; j++)
                 CHECKF(fabsf(x[j] - y[j]) <= half + fabsf(x[j]) * 1e-6f, "chunk %d plane %d value %zu: %g vs %g", i, p,
@@ -161,19 +169,47 @@ TEST(codec_golden_mixed_text) { kvt_golden_case("kvz-mixed.kvz", KVP_LEVEL_MEDIU
 TEST(codec_golden_rotary) { kvt_golden_case("kvz-medium-rotary.kvz", KVP_LEVEL_MEDIUM, KVP_LEVEL_HIGH, 0, KVP_ROPE_NORM); }
 TEST(codec_golden_rotary_neox) { kvt_golden_case("kvz-low-rotary-neox.kvz", KVP_LEVEL_LOW, KVP_LEVEL_TEXT, 0, KVP_ROPE_NEOX); }
 
-/* The version 1 files still open and decode within bounds. */
-TEST(codec_golden_v1_decodes) {
-    static const char *names[] = {"low", "medium", "high", "lossless16", "lossless32", "mixed"};
-    for (size_t i = 0; i < KVP_ARRAY_LEN(names); i++) {
+/* The files of an older version still open and decode within bounds. */
+static void kvt_golden_old(int version, const char *const *names, size_t n_names) {
+    for (size_t i = 0; i < n_names; i++) {
         char path[256];
-        snprintf(path, sizeof path, "tests/golden/kvz-v1-%s.kvz", names[i]);
+        snprintf(path, sizeof path, "tests/golden/kvz-v%d-%s.kvz", version, names[i]);
         void *buf = NULL;
         size_t size = 0;
         CHECKF(kvp_read_file(path, &buf, &size) == KVP_OK, "%s is missing (%s)", path, kvp_errmsg());
-        CHECK(size > 6 && kvp_rd16((const uint8_t *)buf + 4) == 1);
+        CHECK(size > 6 && kvp_rd16((const uint8_t *)buf + 4) == version);
         kvt_golden_decode(buf, size, !strcmp(names[i], "lossless32"));
         free(buf);
     }
+}
+
+TEST(codec_golden_v1_decodes) {
+    static const char *names[] = {"low", "medium", "high", "lossless16", "lossless32", "mixed"};
+    kvt_golden_old(1, names, KVP_ARRAY_LEN(names));
+}
+
+TEST(codec_golden_v2_decodes) {
+    static const char *names[] = {"low", "medium", "high", "lossless16", "lossless32", "mixed", "medium-rotary",
+                                  "low-rotary-neox"};
+    kvt_golden_old(2, names, KVP_ARRAY_LEN(names));
+}
+
+/* A version 2 header in front of trellis planes is refused (version 2 had none). */
+TEST(codec_golden_v2_refuses_trellis) {
+    void *buf = NULL;
+    size_t size = 0;
+    CHECK_OK(kvp_read_file("tests/golden/kvz-medium.kvz", &buf, &size));
+    uint8_t *b = buf;
+    kvp_wr16(b + 4, 2);
+    uint32_t hs = kvp_rd32(b + 8);
+    kvp_wr32(b + hs - 4, kvp_crc32c(0, b, hs - 4));
+    kvp_kvz *z = NULL;
+    CHECK_OK(kvp_kvz_open(b, size, &z));
+    float *kv = malloc(sizeof(float) * 2 * KVT_L * KVT_C * KVT_KVD);
+    CHECK(kvp_kvz_decode_chunk(z, 0, NULL, 0, kv) == KVP_EFORMAT && strstr(kvp_errmsg(), "trellis"));
+    free(kv);
+    kvp_kvz_free(z);
+    free(buf);
 }
 
 /* A version 1 header in front of a chunk with rotated keys is refused (version 1 had no

@@ -14,7 +14,9 @@
 
 /* Per lossy level (low, medium, high): tau, the standard deviation of the attention-logit
  * error that key quantization may cause, and alpha, the value step as a fraction of the
- * values' RMS. docs/codec.md records the measurements these come from. */
+ * values' RMS, both for a plain grid; a trellis plane's grid (the union of its two
+ * quantizers) is KVP_TRELLIS_STEP times as fine. docs/codec.md records the measurements these
+ * come from. */
 static const double kvp_level_tau[3] = {0.36, 0.18, 0.072};
 static const double kvp_level_alpha[3] = {1.00, 0.50, 0.20};
 
@@ -27,6 +29,7 @@ float kvp_codec_step(int level, int is_value, double rms, double qk, double dept
      * deviation |q| s / sqrt(12 head_dim) = rms(q) s / sqrt(12), so s = tau sqrt(12) / rms(q),
      * with rms(q) estimated as rms(K) * qk */
     double step = is_value ? alpha * rms : tau * 3.4641016151377544 / (rms * qk);
+    step *= KVP_TRELLIS_STEP; /* the union grid of the trellis' two quantizers */
     return step > 1e-30 && step < 1e30 ? (float)step : 1.0f;
 }
 
@@ -231,7 +234,7 @@ static void kvp_chunk_encode_task(void *arg, int p, int thread) {
         kvp_codec_rotate(j->cd, j->s, j->s->rope_style, k, j->n, -1);
         x = k;
     }
-    int kind = KVP_PLANE_LOSSY;
+    int kind = KVP_PLANE_TRELLIS;
     float step = 1.0f;
     if (j->level == KVP_LEVEL_LOSSLESS)
         kind = kvp_plane_exact_kind(x, N);
@@ -306,8 +309,10 @@ static void kvp_chunk_decode_task(void *arg, int p, int thread) {
     size_t N = (size_t)j->n * (size_t)d;
     int rc = kvp_plane_decode(j->in + j->offsets[p], j->offsets[p + 1] - j->offsets[p], j->n, d, j->kv + (size_t)p * N,
                               &j->cd->work[thread], &kind);
-    if (rc == KVP_OK && (kind == KVP_PLANE_LOSSY) != (j->level != KVP_LEVEL_LOSSLESS))
+    if (rc == KVP_OK && kvp_plane_is_lossy(kind) != (j->level != KVP_LEVEL_LOSSLESS))
         rc = kvp_seterr(KVP_EFORMAT, "plane kind %d does not belong to a %s chunk", kind, kvp_level_name(j->level));
+    if (rc == KVP_OK && kind == KVP_PLANE_TRELLIS && j->s->version > 0 && j->s->version < 3)
+        rc = kvp_seterr(KVP_EFORMAT, "a trellis plane cannot be in a version %d container", j->s->version);
     if (rc == KVP_OK && j->rotary && p % 2 == 0) kvp_codec_rotate(j->cd, j->s, j->style, j->kv + (size_t)p * N, j->n, 1);
     kvp_codec_result(j->cd, p, rc);
 }

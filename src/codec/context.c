@@ -59,7 +59,7 @@ int kvp_context_save_bound(const kvp_ctx *c, int n_tokens, const kvp_save_params
     if (!p) p = &def;
     KVP_TRY(kvp_save_check(c, n_tokens, p));
     const kvp_model_info *in = kvp_model_get_info(kvp_ctx_model(c));
-    kvp_chunk_shape s = {in->n_layers, in->n_kv_heads, in->head_dim, 0, 0}; /* rotary fields: no effect on the bound */
+    kvp_chunk_shape s = {in->n_layers, in->n_kv_heads, in->head_dim, 0, 0, 0}; /* rotary fields: no effect on the bound */
     int ct = kvp_save_chunk_tokens(p), nc = (n_tokens + ct - 1) / ct;
     *bound = (size_t)kvp_kvz_header_bytes(n_tokens, nc, 4) + (size_t)(nc - 1) * kvp_chunk_bound(&s, ct) +
              kvp_chunk_bound(&s, n_tokens - (nc - 1) * ct);

@@ -116,6 +116,6 @@ kvp_chunk_shape kvp_fingerprint_shape(const kvp_fingerprint *fp) {
     float theta;
     memcpy(&theta, &fp->rope_theta_bits, 4);
     kvp_chunk_shape s = {(int)fp->n_layers, (int)fp->n_kv_heads, (int)fp->head_dim,
-                         theta > 1.0f && isfinite(theta) ? theta : 0.0f, (int)fp->rope_style};
+                         theta > 1.0f && isfinite(theta) ? theta : 0.0f, (int)fp->rope_style, 0};
     return s;
 }

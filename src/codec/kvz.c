@@ -270,6 +270,7 @@ static int kvp_kvz_decode_into(kvp_kvz *z, int i, const void *chunk, size_t size
     KVP_TRY(kvp_kvz_chunk_bytes(z, i, &chunk, &size));
     KVP_TRY(kvp_kvz_prepare(z, pool));
     kvp_chunk_shape s = kvp_fingerprint_shape(&z->h.fp);
+    s.version = z->h.version;
     const kvp_kvz_chunk_info *c = &z->chunks[i];
     if (z->h.version < 2 && size > 5 && ((const uint8_t *)chunk)[5])
         return kvp_seterr(KVP_EFORMAT, "chunk %d has flags 0x%02x, which .kvz version %d does not have", i,

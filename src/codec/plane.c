@@ -26,6 +26,7 @@ static int kvp_plane_work_channels(kvp_plane_work *w, size_t d) {
     KVP_TRY(kvp_grow((void **)&w->cost, 2 * d * sizeof *w->cost));
     KVP_TRY(kvp_grow((void **)&w->mode, d));
     KVP_TRY(kvp_grow((void **)&w->cls, d));
+    KVP_TRY(kvp_grow((void **)&w->state, d * sizeof *w->state));
     KVP_TRY(kvp_grow((void **)&w->tabp, d * sizeof *w->tabp));
     w->n_channels = d;
     return KVP_OK;
@@ -35,6 +36,7 @@ int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d) {
     if (n < 1 || d < 1) return kvp_seterr(KVP_EINVAL, "plane of %d x %d values", n, d);
     size_t N = (size_t)n * (size_t)d;
     if (!w->tables) KVP_TRY(kvp_grow((void **)&w->tables, KVP_PLANE_MAX_CLASSES * KVP_RANS_TOTAL * 4));
+    if (!w->sub) KVP_TRY(kvp_grow((void **)&w->sub, sizeof *w->sub * 4));
     KVP_TRY(kvp_plane_work_channels(w, (size_t)d));
     if (N <= w->n_values) return KVP_OK;
     KVP_TRY(kvp_grow((void **)&w->q, N * sizeof *w->q));
@@ -47,7 +49,7 @@ int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d) {
 
 void kvp_plane_work_free(kvp_plane_work *w) {
     int ref = w->ref;
-    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->pred32, w->mask32, w->cost, w->mode, w->cls, w->tables, (void *)w->tabp};
+    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->pred32, w->mask32, w->cost, w->mode, w->cls, w->state, w->sub, w->tables, (void *)w->tabp};
     for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
     memset(w, 0, sizeof *w);
     w->ref = ref;
@@ -113,22 +115,54 @@ static int kvp_plane_quantize(const float *x, size_t N, int kind, float step, in
 
 /* ---- encoder: channel modes and classes ---- */
 
-/* m_c = the rounded mean of each channel; costs of direct and delta prediction. */
+/* Adds |row[c] - ref[c]| (both in [-QMAX, QMAX)) over rows [t0, t1) to acc (uint32: at most
+ * 256 rows at a time); ref is m (stride 0) or the previous row (stride d). */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void kvp_plane_abs_rows(const int32_t *restrict q, int t0, int t1, int d, const int32_t *restrict m,
+                               int prev, uint32_t *restrict acc) {
+    for (int t = t0; t < t1; t++) {
+        const int32_t *row = q + (size_t)t * d, *ref = prev ? row - d : m;
+        for (int c = 0; c < d; c++) {
+            int32_t e = row[c] - ref[c];
+            acc[c] += (uint32_t)(e < 0 ? -e : e);
+        }
+    }
+}
+
+/* Adds rows [t0, t1) (at most 256, values in [-QMAX, QMAX)) to acc, in wrapping 32 bits. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void kvp_plane_sum_rows(const int32_t *restrict q, int t0, int t1, int d, uint32_t *restrict acc) {
+    for (int t = t0; t < t1; t++)
+        for (int c = 0; c < d; c++) acc[c] += (uint32_t)q[(size_t)t * d + c];
+}
+
+/* m_c = the rounded mean of each channel; costs of direct and delta prediction (cost[2c],
+ * cost[2c + 1]), summed 256 rows at a time in 32 bits. */
 static void kvp_plane_channel_costs(const int32_t *q, int n, int d, kvp_plane_work *w) {
+    int32_t *m32 = w->pred32;
+    uint32_t *acc = (uint32_t *)w->mask32;
     for (int c = 0; c < d; c++) w->m[c] = 0;
-    for (int t = 0; t < n; t++)
-        for (int c = 0; c < d; c++) w->m[c] += q[(size_t)t * d + c];
+    for (int t0 = 0; t0 < n; t0 += 256) {
+        memset(acc, 0, sizeof *acc * (size_t)d);
+        kvp_plane_sum_rows(q, t0, KVP_MIN(n, t0 + 256), d, acc);
+        for (int c = 0; c < d; c++) w->m[c] += (int32_t)acc[c];
+    }
     for (int c = 0; c < d; c++) {
         int64_t s = w->m[c], nn = n; /* round half away from zero, in integers */
         w->m[c] = s >= 0 ? (2 * s + nn) / (2 * nn) : -((-2 * s + nn) / (2 * nn));
+        m32[c] = (int32_t)w->m[c];
         w->cost[2 * c] = 0;
         w->cost[2 * c + 1] = (uint64_t)llabs(q[c] - w->m[c]);
     }
-    for (int t = 0; t < n; t++)
-        for (int c = 0; c < d; c++) {
-            const int32_t *row = q + (size_t)t * d;
-            w->cost[2 * c] += (uint64_t)llabs(row[c] - w->m[c]);
-            if (t > 0) w->cost[2 * c + 1] += (uint64_t)llabs((int64_t)row[c] - row[c - d]);
+    for (int prev = 0; prev < 2; prev++)
+        for (int t0 = prev; t0 < n; t0 += 256) {
+            memset(acc, 0, sizeof *acc * (size_t)d);
+            kvp_plane_abs_rows(q, t0, KVP_MIN(n, t0 + 256), d, m32, prev, acc);
+            for (int c = 0; c < d; c++) w->cost[2 * c + prev] += acc[c];
         }
 }
 
@@ -153,17 +187,37 @@ static void kvp_plane_classes(int d, int n_classes, kvp_plane_work *w) {
 
 /* ---- encoder: residuals, side information, streams ---- */
 
-/* Zigzag residuals into w->u; returns how many are 32 or more. */
+/* One row's zigzag residuals against m (prev NULL) or, in delta channels (dmask -1), the
+ * previous row; returns how many are 32 or more. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static uint32_t kvp_plane_residual_row(const int32_t *restrict row, const int32_t *restrict prev,
+                                       const int32_t *restrict m, const int32_t *restrict dmask, uint32_t *restrict u,
+                                       int d) {
+    uint32_t big = 0;
+    if (!prev) prev = m;
+    for (int c = 0; c < d; c++) {
+        int32_t pred = m[c] ^ ((m[c] ^ prev[c]) & dmask[c]);
+        int32_t r = row[c] - pred; /* both in [-QMAX, QMAX) */
+        uint32_t z = ((uint32_t)r << 1) ^ (uint32_t)(r >> 31);
+        u[c] = z;
+        big += z >= 32;
+    }
+    return big;
+}
+
+/* Zigzag residuals into w->u (each channel's mode and base set; the encoder keeps m_c as
+ * int32 in w->pred32 and the delta masks in w->mask32); returns how many are 32 or more. */
 static size_t kvp_plane_residuals(const int32_t *q, int n, int d, kvp_plane_work *w) {
     size_t big = 0;
+    for (int c = 0; c < d; c++) {
+        w->pred32[c] = (int32_t)w->m[c];
+        w->mask32[c] = w->mode[c] ? -1 : 0;
+    }
     for (int t = 0; t < n; t++) {
         const int32_t *row = q + (size_t)t * d;
-        uint32_t *u = w->u + (size_t)t * d;
-        for (int c = 0; c < d; c++) {
-            int64_t pred = (w->mode[c] && t > 0) ? row[c - d] : w->m[c];
-            u[c] = kvp_zigzag(row[c] - pred);
-            big += u[c] >= 32;
-        }
+        big += kvp_plane_residual_row(row, t ? row - d : NULL, w->pred32, w->mask32, w->u + (size_t)t * d, d);
     }
     return big;
 }
@@ -173,15 +227,21 @@ static size_t kvp_plane_residuals(const int32_t *q, int n, int d, kvp_plane_work
  * whose histograms are shorter. */
 static int kvp_plane_dbits(size_t big, size_t N) { return big > N / 64 ? 6 : 5; }
 
-/* Per-class symbol counts. */
-static void kvp_plane_counts(size_t N, int d, int dbits, const kvp_plane_work *w, uint32_t counts[][KVP_SYM_MAX]) {
-    int c = 0;
-    for (size_t i = 0; i < N; i++) {
-        uint32_t extra;
-        int nb;
-        counts[w->cls[c]][kvp_sym_encode(w->u[i], dbits, &extra, &nb)]++;
-        c = c == d - 1 ? 0 : c + 1;
+/* Per-class symbol counts, in four sub-histograms by channel (c mod 4) so that runs of the
+ * same symbol do not wait on each other's increments. */
+static void kvp_plane_counts(size_t N, int d, int dbits, kvp_plane_work *w, uint32_t counts[][KVP_SYM_MAX]) {
+    uint32_t(*sub)[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX] = w->sub;
+    memset(sub, 0, sizeof *sub * 4);
+    for (size_t row = 0; row < N; row += (size_t)d) {
+        const uint32_t *u = w->u + row;
+        for (int c = 0; c < d; c++) {
+            uint32_t extra;
+            int nb;
+            sub[c & 3][w->cls[c]][kvp_sym_encode(u[c], dbits, &extra, &nb)]++;
+        }
     }
+    for (int g = 0; g < KVP_PLANE_MAX_CLASSES; g++)
+        for (int s = 0; s < KVP_SYM_MAX; s++) counts[g][s] = sub[0][g][s] + sub[1][g][s] + sub[2][g][s] + sub[3][g][s];
 }
 
 /* Writes the channel table and the class histograms; builds the class models. */
@@ -223,13 +283,36 @@ static size_t kvp_plane_rans(int n, int d, int dbits, kvp_plane_work *w, uint8_t
 }
 
 /* The raw bits: each value's extra residual bits, then (exact32) its low 16 bits. */
-static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int dbits, const uint32_t *u) {
+static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int dbits, const kvp_plane_work *w) {
     for (size_t i = 0; i < N; i++) {
         uint32_t extra;
         int nb;
-        kvp_sym_encode(u[i], dbits, &extra, &nb);
+        kvp_sym_encode(w->u[i], dbits, &extra, &nb);
         if (nb) kvp_bitw_put(bw, extra, nb);
         if (kind == KVP_PLANE_EXACT32) kvp_bitw_put(bw, kvp_f32_bits(x[i]) & 0xffff, 16);
+    }
+}
+
+/* Modes, classes, residuals and per-class symbol counts of the integers in w->q; returns the
+ * plane's dbits. */
+static int kvp_plane_model(int n, int d, int n_classes, kvp_plane_work *w, uint32_t counts[][KVP_SYM_MAX]) {
+    size_t N = (size_t)n * (size_t)d;
+    kvp_plane_channel_costs(w->q, n, d, w);
+    kvp_plane_classes(d, n_classes, w);
+    int dbits = kvp_plane_dbits(kvp_plane_residuals(w->q, n, d, w), N);
+    kvp_plane_counts(N, d, dbits, w, counts);
+    return dbits;
+}
+
+/* Each symbol's cost in bits under the models the counts give (absent symbols: 14 bits). */
+static void kvp_plane_sym_bits(int n_classes, uint32_t counts[][KVP_SYM_MAX], float sym_bits[][KVP_SYM_MAX]) {
+    for (int g = 0; g < n_classes; g++) {
+        uint8_t codes[KVP_SYM_MAX];
+        kvp_rans_model m;
+        int len = kvp_hist_codes(counts[g], codes);
+        int ok = len > 0 && kvp_hist_model(codes, len, &m) == KVP_OK;
+        for (int s = 0; s < KVP_SYM_MAX; s++)
+            sym_bits[g][s] = ok && s < len && m.freq[s] ? (float)log2((double)KVP_RANS_TOTAL / m.freq[s]) : 14.0f;
     }
 }
 
@@ -239,20 +322,24 @@ static int kvp_plane_too_small(size_t cap) {
 
 int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_plane_work *w, uint8_t *out,
                      size_t cap, size_t *size) {
-    if (kind < KVP_PLANE_LOSSY || kind > KVP_PLANE_EXACT32 || d > 65536)
+    if (kind < KVP_PLANE_LOSSY || kind > KVP_PLANE_TRELLIS || d > 65536)
         return kvp_seterr(KVP_EINVAL, "plane kind %d with %d channels", kind, d);
     if (cap < KVP_PLANE_HEADER) return kvp_plane_too_small(cap);
     KVP_TRY(kvp_plane_work_reserve(w, n, d));
     size_t N = (size_t)n * (size_t)d;
-    KVP_TRY(kvp_plane_quantize(x, N, kind, kind == KVP_PLANE_LOSSY ? step : 1.0f, w->q));
+    int lossy = kvp_plane_is_lossy(kind);
+    /* a trellis plane starts from the plain grid of either quantizer (twice the step) */
+    KVP_TRY(kvp_plane_quantize(x, N, lossy ? KVP_PLANE_LOSSY : kind, lossy ? step * (kind == KVP_PLANE_TRELLIS ? 2 : 1) : 1.0f, w->q));
     int n_classes = (int)KVP_MAX(1, KVP_MIN((size_t)KVP_PLANE_MAX_CLASSES, N / KVP_PLANE_CLASS_VALUES));
     n_classes = KVP_MIN(n_classes, d);
-    kvp_plane_channel_costs(w->q, n, d, w);
-    kvp_plane_classes(d, n_classes, w);
-    int dbits = kvp_plane_dbits(kvp_plane_residuals(w->q, n, d, w), N);
     uint32_t counts[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX];
-    memset(counts, 0, sizeof counts);
-    kvp_plane_counts(N, d, dbits, w, counts);
+    int dbits = kvp_plane_model(n, d, n_classes, w, counts);
+    if (kind == KVP_PLANE_TRELLIS) { /* the search prices residuals by the plain grid's models */
+        float sym_bits[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX];
+        kvp_plane_sym_bits(n_classes, counts, sym_bits);
+        KVP_TRY(kvp_trellis_quantize(x, n, d, step, KVP_TRELLIS_LAMBDA, dbits, (const float(*)[KVP_SYM_MAX])sym_bits, w));
+        dbits = kvp_plane_model(n, d, n_classes, w, counts);
+    }
     kvp_bitw bw;
     kvp_bitw_init(&bw, out + KVP_PLANE_HEADER, cap - KVP_PLANE_HEADER);
     KVP_TRY(kvp_plane_side(&bw, d, n_classes, w, counts));
@@ -265,13 +352,13 @@ int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_pla
     memcpy(out + at, rs, rn);
     at += rn;
     kvp_bitw_init(&bw, out + at, cap - at);
-    kvp_plane_raw(&bw, x, N, kind, dbits, w->u);
+    kvp_plane_raw(&bw, x, N, kind, dbits, w);
     size_t raw = kvp_bitw_finish(&bw);
     if (bw.overflow) return kvp_plane_too_small(cap);
     out[0] = (uint8_t)kind;
     out[1] = (uint8_t)n_classes;
     kvp_wr16(out + 2, (uint16_t)(dbits - 5)); /* 0: 32 direct symbols, 1: 64 */
-    kvp_wr32(out + 4, kvp_f32_bits(kind == KVP_PLANE_LOSSY ? step : 1.0f));
+    kvp_wr32(out + 4, kvp_f32_bits(lossy ? step : 1.0f));
     kvp_wr32(out + 8, (uint32_t)side);
     kvp_wr32(out + 12, (uint32_t)rn);
     kvp_wr32(out + 16, (uint32_t)raw);
@@ -295,13 +382,13 @@ static int kvp_plane_read_head(const uint8_t *in, size_t size, int d, kvp_plane_
     h->side = kvp_rd32(in + 8);
     h->rans = kvp_rd32(in + 12);
     h->raw = kvp_rd32(in + 16);
-    if (h->kind > KVP_PLANE_EXACT32) return kvp_seterr(KVP_EFORMAT, "unknown plane kind %d", h->kind);
+    if (h->kind > KVP_PLANE_TRELLIS) return kvp_seterr(KVP_EFORMAT, "unknown plane kind %d", h->kind);
     if (h->n_classes < 1 || h->n_classes > KVP_MIN(KVP_PLANE_MAX_CLASSES, d))
         return kvp_seterr(KVP_EFORMAT, "plane has %d channel classes (valid: 1..%d)", h->n_classes,
                           KVP_MIN(KVP_PLANE_MAX_CLASSES, d));
     if (kvp_rd16(in + 2) > 1) return kvp_seterr(KVP_EFORMAT, "plane's symbol code %u is unknown", kvp_rd16(in + 2));
     h->dbits = 5 + kvp_rd16(in + 2);
-    if (h->kind == KVP_PLANE_LOSSY ? !(h->step > 0) || !isfinite(h->step) : h->step != 1.0f)
+    if (kvp_plane_is_lossy(h->kind) ? !(h->step > 0) || !isfinite(h->step) : h->step != 1.0f)
         return kvp_seterr(KVP_EFORMAT, "plane step %g is invalid for its kind %d", h->step, h->kind);
     if ((uint64_t)h->side + h->rans + h->raw != size - KVP_PLANE_HEADER)
         return kvp_seterr(KVP_EFORMAT, "plane sections (%zu + %zu + %zu bytes) do not fill its %zu bytes", h->side,
@@ -321,7 +408,7 @@ static int kvp_plane_read_side(const uint8_t *p, const kvp_plane_head *h, int d,
     kvp_bitr br;
     kvp_bitr_init(&br, p, h->side);
     int cls_bits = h->n_classes > 1 ? 32 - __builtin_clz((unsigned)h->n_classes - 1) : 0;
-    int64_t lo = h->kind == KVP_PLANE_LOSSY ? -KVP_PLANE_QMAX : 0, lim = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX : 65536;
+    int64_t lo = kvp_plane_is_lossy(h->kind) ? -KVP_PLANE_QMAX : 0, lim = kvp_plane_is_lossy(h->kind) ? KVP_PLANE_QMAX : 65536;
     for (int c = 0; c < d; c++) {
         w->mask[c] = kvp_bitr_get(&br, 1) ? -1 : 0;
         w->cls[c] = (uint8_t)kvp_bitr_get(&br, cls_bits);
@@ -480,14 +567,42 @@ static uint32_t kvp_plane_row_values(const uint32_t *restrict u, int d, float st
     return bad;
 }
 
+/* The same for a trellis plane: each value's level follows its channel's state, which its
+ * integer's parity moves (kvp_trellis_level, kvp_trellis_next), in unsigned arithmetic so
+ * that a corrupt plane's wrapped integers stay defined. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static uint32_t kvp_plane_row_trellis(const uint32_t *restrict u, int d, float step, float *restrict out,
+                                      int32_t *restrict pred, const int32_t *restrict mask,
+                                      int32_t *restrict state) {
+    uint32_t bad = 0;
+    for (int c = 0; c < d; c++) {
+        uint32_t r = (u[c] >> 1) ^ (0u - (u[c] & 1)), pr = (uint32_t)pred[c], q = pr + r;
+        pred[c] = (int32_t)(pr ^ ((pr ^ q) & (uint32_t)mask[c]));
+        bad |= q + KVP_PLANE_QMAX;
+        uint32_t s = (uint32_t)state[c], z = 0u - (s >> 1), qi = q;
+        uint32_t sg = (uint32_t)(((int32_t)qi > 0) - ((int32_t)qi < 0));
+        out[c] = (float)(int32_t)(2u * qi - (sg & z)) * step;
+        state[c] = (int32_t)((s >> 1) | (((s ^ qi) & 1u) << 1));
+    }
+    return bad;
+}
+
+/* One row of a lossy or trellis plane. */
+static inline uint32_t kvp_plane_row(const kvp_plane_head *h, const uint32_t *u, int d, float *out, kvp_plane_work *w) {
+    if (h->kind == KVP_PLANE_TRELLIS) return kvp_plane_row_trellis(u, d, h->step, out, w->pred32, w->mask32, w->state);
+    return kvp_plane_row_values(u, d, h->step, out, w->pred32, w->mask32);
+}
+
 static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_head *h, int n, int d, float *out,
                                  kvp_plane_work *w) {
     int dbits = h->dbits;
-    float step = h->step;
     kvp_plane_symbols4(rd, n, d, w->u, w->tabp);
     for (int c = 0; c < d; c++) {
         w->pred32[c] = (int32_t)w->pred[c]; /* m_c, in range (checked when read) */
         w->mask32[c] = (int32_t)w->mask[c];
+        w->state[c] = 0;
     }
     /* frequent escapes (over 1/32 of the values, by the models): gather them first; rare: a
      * branch per value (measured on stories260K: 1/8 to 1/64 are all within a few percent) */
@@ -496,11 +611,11 @@ static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plan
     if (gather) {
         kvp_plane_raw_escapes(w->u, (size_t)n * (size_t)d, dbits, (uint32_t *)w->q, raw);
         for (int t = 0; t < n; t++)
-            bad |= kvp_plane_row_values(w->u + (size_t)t * d, d, step, out + (size_t)t * d, w->pred32, w->mask32);
+            bad |= kvp_plane_row(h, w->u + (size_t)t * d, d, out + (size_t)t * d, w);
     } else {
         for (int t = 0; t < n; t++) {
             kvp_plane_row_raw(w->u + (size_t)t * d, d, dbits, raw);
-            bad |= kvp_plane_row_values(w->u + (size_t)t * d, d, step, out + (size_t)t * d, w->pred32, w->mask32);
+            bad |= kvp_plane_row(h, w->u + (size_t)t * d, d, out + (size_t)t * d, w);
         }
     }
     return bad >> 23; /* non-zero when some q + QMAX is outside [0, 2^23), i.e. q outside [-QMAX, QMAX) */
@@ -509,16 +624,21 @@ static uint64_t kvp_plane_lossy4(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plan
 /* The general loop: any width, any kind. */
 static uint64_t kvp_plane_general(kvp_rans_dec *rd, kvp_bitr *raw, const kvp_plane_head *h, int n, int d, float *x,
                                   kvp_plane_work *w) {
-    int64_t lo = h->kind == KVP_PLANE_LOSSY ? -KVP_PLANE_QMAX : 0;
-    int64_t hi = h->kind == KVP_PLANE_LOSSY ? KVP_PLANE_QMAX - 1 : 65535;
+    int64_t lo = kvp_plane_is_lossy(h->kind) ? -KVP_PLANE_QMAX : 0;
+    int64_t hi = kvp_plane_is_lossy(h->kind) ? KVP_PLANE_QMAX - 1 : 65535;
     uint64_t bad = 0;
     size_t i = 0;
+    memset(w->state, 0, sizeof *w->state * (size_t)d);
     for (int t = 0; t < n; t++)
         for (int c = 0; c < d; c++, i++) {
             int64_t q = kvp_plane_value(rd, raw, w, c, (int)(i & (KVP_RANS_LANES - 1)), h->dbits, &w->pred[c]);
             bad |= (uint64_t)(q - lo) > (uint64_t)(hi - lo);
             if (h->kind == KVP_PLANE_LOSSY)
                 x[i] = (float)q * h->step;
+            else if (h->kind == KVP_PLANE_TRELLIS) {
+                x[i] = (float)kvp_trellis_level(q, w->state[c]) * h->step;
+                w->state[c] = kvp_trellis_next(w->state[c], q);
+            }
             else if (h->kind == KVP_PLANE_EXACT16)
                 x[i] = kvp_f16_to_f32(kvp_unord16(q));
             else
@@ -534,7 +654,7 @@ static int kvp_plane_values(const uint8_t *rs, const uint8_t *raws, const kvp_pl
     kvp_bitr raw;
     kvp_bitr_init(&raw, raws, h->raw);
     for (int c = 0; c < d; c++) w->tabp[c] = w->tables + (size_t)w->cls[c] * KVP_RANS_TOTAL;
-    uint64_t bad = h->kind == KVP_PLANE_LOSSY && d % 4 == 0 && !w->ref ? kvp_plane_lossy4(&rd, &raw, h, n, d, x, w)
+    uint64_t bad = kvp_plane_is_lossy(h->kind) && d % 4 == 0 && !w->ref ? kvp_plane_lossy4(&rd, &raw, h, n, d, x, w)
                                                            : kvp_plane_general(&rd, &raw, h, n, d, x, w);
     if (bad) return kvp_seterr(KVP_EFORMAT, "plane decodes to values out of range");
     KVP_TRY(kvp_rans_dec_finish(&rd));

@@ -24,7 +24,10 @@
 
 #include "rans.h"
 
-enum { KVP_PLANE_LOSSY = 0, KVP_PLANE_EXACT16 = 1, KVP_PLANE_EXACT32 = 2 };
+enum { KVP_PLANE_LOSSY = 0, KVP_PLANE_EXACT16 = 1, KVP_PLANE_EXACT32 = 2, KVP_PLANE_TRELLIS = 3 };
+
+/* Lossy kinds: a plain grid, or the trellis (dependent quantization, trellis.c). */
+static inline int kvp_plane_is_lossy(int kind) { return kind == KVP_PLANE_LOSSY || kind == KVP_PLANE_TRELLIS; }
 
 #define KVP_PLANE_HEADER 20
 #define KVP_PLANE_QMAX (1 << 22)
@@ -43,14 +46,53 @@ typedef struct kvp_plane_work {
     int64_t *pred;    /* (n_channels) decoder: the running prediction */
     int64_t *mask;    /* (n_channels) decoder: -1 for delta channels, 0 for direct */
     int32_t *pred32, *mask32; /* (n_channels) the fast path's 32-bit copies of pred and mask */
+    int32_t *state;           /* (n_channels) decoder: each channel's trellis state */
     uint64_t *cost;   /* (2 n_channels) encoder: residual sizes of the two modes, then sort keys */
     uint8_t *mode, *cls;       /* (n_channels) */
     uint32_t *tables;          /* (KVP_PLANE_MAX_CLASSES, KVP_RANS_TOTAL) decoding tables */
+    uint32_t (*sub)[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX]; /* (4) encoder: sub-histograms */
     const uint32_t **tabp;     /* (n_channels) decoder: each channel's table */
     kvp_rans_model models[KVP_PLANE_MAX_CLASSES];
     int ref;                   /* decode with the general loop (the reference twin of the fast
                                 * path for lossy planes of a width divisible by 4); for tests */
 } kvp_plane_work;
+
+/* ---- trellis planes (trellis.c) ---- */
+
+/* The state after state s (0..3) decodes integer q: Q0's states 0, 1 go to 0 or 2, Q1's
+ * states 2, 3 go to 1 or 3, by the parity of q (VVC's table {0,2},{2,0},{1,3},{3,1}). */
+static inline int kvp_trellis_next(int s, int64_t q) { return (s >> 1) | (int)(((s ^ q) & 1) << 1); }
+/* The reconstruction of q in state s, in steps: 2 q (states 0, 1) or 2 q - sgn q (2, 3). */
+static inline int64_t kvp_trellis_level(int64_t q, int s) { return 2 * q - (s >> 1) * ((q > 0) - (q < 0)); }
+
+#define KVP_TRELLIS_TAB 256 /* residual prices tabulated per class (zigzag values) */
+/* The search's price of a bit, in squared steps: chosen on sotu-1M, stories260K and
+ * randk-f16 (docs/codec.md); 0 would be the nearest-level path, larger trades error for bits. */
+#define KVP_TRELLIS_LAMBDA 0.1
+#define KVP_TRELLIS_INF 1e30f
+/* The survivor with the least cost (the lowest state on a tie). */
+static inline int kvp_trellis_best(const float J[4]) {
+    int s = 0;
+    for (int i = 1; i < 4; i++)
+        if (J[i] < J[s]) s = i;
+    return s;
+}
+/* The search over 16 channels at once (trellis_avx512.c), the same float operations as the
+ * per-channel reference: x (n, stride d) from the block's first channel; per lane its base m,
+ * delta mask (-1 for delta channels) and price-table offset into tab. Writes tk (n, 4, 16)
+ * each state's chosen integer, tb (n, 4) masks of lanes that took a state's second
+ * predecessor, and J (4, 16) the final costs. */
+extern const int kvp_trellis_avx512_built; /* 1 when the file was built with AVX-512 */
+void kvp_trellis_block16_avx512(const float *x, int n, int d, float inv, float lambda, const int32_t *m,
+                                const int32_t *delta, const int32_t *off, const float *tab, int32_t *tk,
+                                uint16_t *tb, float *J);
+
+/* Chooses the integers w->q of a trellis plane x (n, d) with the given step: per channel, the
+ * sequence minimizing squared error (in step^2) + lambda * bits, the bits of each residual
+ * priced by sym_bits[class][symbol] (with 2^dbits direct symbols) under each channel's
+ * prediction (w->m, w->mode, w->cls as set by the plane encoder). Costs O(n d) time. */
+int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda, int dbits,
+                         const float sym_bits[][KVP_SYM_MAX], kvp_plane_work *w);
 
 /* Makes room for planes of n rows of d channels. */
 int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d);

@@ -11,7 +11,7 @@
 #include "engine/engine.h"
 #include "store.h"
 
-#define KVP_ENTRY_VERSION 2 /* written; 2 may hold chunks with rotated keys (.kvz version 2) */
+#define KVP_ENTRY_VERSION 3 /* written; entry version N holds chunks of .kvz version N */
 
 /* ---- entries ---- */
 
@@ -133,6 +133,7 @@ static int kvp_load_entry(kvp_loader *ld, int end) {
     int pos = end - ld->C, level = 0;
     int rc = kvp_entry_check(data, size, key, ld->md, ld->C, end, ld->tokens + pos, ld->C, &blob, &bn);
     if (rc == KVP_OK) rc = kvp_chunk_level(blob, bn, &level);
+    ld->shape.version = rc == KVP_OK ? kvp_rd16((const uint8_t *)data + 4) : 0;
     if (rc == KVP_OK && level == KVP_LEVEL_TEXT) rc = kvp_chunk_check_text(blob, bn, &ld->shape, pos, ld->C);
     if (rc == KVP_OK && level == KVP_LEVEL_TEXT) rc = kvp_ctx_decode(ld->c, ld->tokens + pos, ld->C, NULL, 0);
     else if (rc == KVP_OK) rc = kvp_chunk_decode(ld->cd, &ld->shape, pos, ld->C, -1, blob, bn, ld->kv);

@@ -19,7 +19,7 @@ int kvp_fuzz_kvz_chunk(const uint8_t *data, size_t size);
 
 int kvp_fuzz_kvz_chunk(const uint8_t *data, size_t size) {
     if (size < 8) return 0;
-    kvp_chunk_shape s = {1 + data[0] % 3, 1 + data[1] % 2, 1 + data[2] % 16, 0, 0};
+    kvp_chunk_shape s = {1 + data[0] % 3, 1 + data[1] % 2, 1 + data[2] % 16, 0, 0, 0};
     int level = data[3] % 6 - 1, n = 1 + (data[4] | data[5] << 8) % 300, pos = data[6] | data[7] << 8;
     size_t vals = (size_t)s.n_layers * 2 * (size_t)n * (size_t)s.n_kv_heads * (size_t)s.head_dim;
     float *kv = malloc(sizeof(float) * vals);
