@@ -41,15 +41,24 @@ int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d) {
     if (N <= w->n_values) return KVP_OK;
     KVP_TRY(kvp_grow((void **)&w->q, N * sizeof *w->q));
     KVP_TRY(kvp_grow((void **)&w->u, N * sizeof *w->u));
+    KVP_TRY(kvp_grow((void **)&w->sym, N));
     w->rans_cap = 2 * N + 4 * KVP_RANS_LANES + 16;
     KVP_TRY(kvp_grow((void **)&w->rans, w->rans_cap));
     w->n_values = N;
     return KVP_OK;
 }
 
+int kvp_plane_work_trellis(kvp_plane_work *w, int n) {
+    if ((size_t)n <= w->trellis_rows) return KVP_OK;
+    KVP_TRY(kvp_grow((void **)&w->tk, sizeof *w->tk * 64 * (size_t)n));
+    KVP_TRY(kvp_grow((void **)&w->tb, 8 * (size_t)n));
+    w->trellis_rows = (size_t)n;
+    return KVP_OK;
+}
+
 void kvp_plane_work_free(kvp_plane_work *w) {
     int ref = w->ref;
-    void *bufs[] = {w->q, w->u, w->rans, w->m, w->pred, w->mask, w->pred32, w->mask32, w->cost, w->mode, w->cls, w->state, w->sub, w->tables, (void *)w->tabp};
+    void *bufs[] = {w->q, w->u, w->sym, w->rans, w->m, w->pred, w->mask, w->pred32, w->mask32, w->cost, w->mode, w->cls, w->state, w->sub, w->tk, w->tb, w->tables, (void *)w->tabp};
     for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
     memset(w, 0, sizeof *w);
     w->ref = ref;
@@ -237,7 +246,9 @@ static void kvp_plane_counts(size_t N, int d, int dbits, kvp_plane_work *w, uint
         for (int c = 0; c < d; c++) {
             uint32_t extra;
             int nb;
-            sub[c & 3][w->cls[c]][kvp_sym_encode(u[c], dbits, &extra, &nb)]++;
+            int sym = kvp_sym_encode(u[c], dbits, &extra, &nb);
+            w->sym[row + (size_t)c] = (uint8_t)sym;
+            sub[c & 3][w->cls[c]][sym]++;
         }
     }
     for (int g = 0; g < KVP_PLANE_MAX_CLASSES; g++)
@@ -273,8 +284,7 @@ static size_t kvp_plane_rans(int n, int d, int dbits, kvp_plane_work *w, uint8_t
     size_t N = (size_t)n * (size_t)d;
     int c = (int)((N - 1) % (size_t)d);
     for (size_t i = N; i-- > 0;) {
-        uint32_t extra;
-        int nb, s = kvp_sym_encode(w->u[i], dbits, &extra, &nb);
+        int s = w->sym[i];
         const kvp_rans_model *m = &w->models[w->cls[c]];
         kvp_rans_enc_put(&e, (int)(i & (KVP_RANS_LANES - 1)), m->cum[s], m->freq[s]);
         c = c == 0 ? d - 1 : c - 1;
@@ -282,13 +292,15 @@ static size_t kvp_plane_rans(int n, int d, int dbits, kvp_plane_work *w, uint8_t
     return kvp_rans_enc_finish(&e, start);
 }
 
-/* The raw bits: each value's extra residual bits, then (exact32) its low 16 bits. */
+/* The raw bits: each value's extra residual bits (the symbols are in w->sym), then (exact32)
+ * its low 16 bits. */
 static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int dbits, const kvp_plane_work *w) {
     for (size_t i = 0; i < N; i++) {
-        uint32_t extra;
-        int nb;
-        kvp_sym_encode(w->u[i], dbits, &extra, &nb);
-        if (nb) kvp_bitw_put(bw, extra, nb);
+        if (w->sym[i] >= 1u << dbits) {
+            int nb;
+            uint32_t base = kvp_sym_base(w->sym[i], dbits, &nb);
+            kvp_bitw_put(bw, w->u[i] - base, nb);
+        }
         if (kind == KVP_PLANE_EXACT32) kvp_bitw_put(bw, kvp_f32_bits(x[i]) & 0xffff, 16);
     }
 }
@@ -304,15 +316,14 @@ static int kvp_plane_model(int n, int d, int n_classes, kvp_plane_work *w, uint3
     return dbits;
 }
 
-/* Each symbol's cost in bits under the models the counts give (absent symbols: 14 bits). */
+/* Each symbol's cost in bits, log2(total / count), from a class' counts (absent symbols: 14
+ * bits): the ideal code lengths, which the coded models follow within a few percent. */
 static void kvp_plane_sym_bits(int n_classes, uint32_t counts[][KVP_SYM_MAX], float sym_bits[][KVP_SYM_MAX]) {
     for (int g = 0; g < n_classes; g++) {
-        uint8_t codes[KVP_SYM_MAX];
-        kvp_rans_model m;
-        int len = kvp_hist_codes(counts[g], codes);
-        int ok = len > 0 && kvp_hist_model(codes, len, &m) == KVP_OK;
+        uint64_t total = 0;
+        for (int s = 0; s < KVP_SYM_MAX; s++) total += counts[g][s];
         for (int s = 0; s < KVP_SYM_MAX; s++)
-            sym_bits[g][s] = ok && s < len && m.freq[s] ? (float)log2((double)KVP_RANS_TOTAL / m.freq[s]) : 14.0f;
+            sym_bits[g][s] = counts[g][s] ? (float)log2((double)total / counts[g][s]) : 14.0f;
     }
 }
 
@@ -571,7 +582,7 @@ static uint32_t kvp_plane_row_values(const uint32_t *restrict u, int d, float st
  * integer's parity moves (kvp_trellis_level, kvp_trellis_next), in unsigned arithmetic so
  * that a corrupt plane's wrapped integers stay defined. */
 #if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic"), target_clones("avx2", "default")))
 #endif
 static uint32_t kvp_plane_row_trellis(const uint32_t *restrict u, int d, float step, float *restrict out,
                                       int32_t *restrict pred, const int32_t *restrict mask,

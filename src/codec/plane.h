@@ -40,6 +40,7 @@ typedef struct kvp_plane_work {
     size_t n_values, n_channels;
     int32_t *q;       /* (n_values) quantized values */
     uint32_t *u;      /* (n_values) zigzag residuals */
+    uint8_t *sym;     /* (n_values) encoder: their symbols */
     uint8_t *rans;    /* (rans_cap) encoder output */
     size_t rans_cap;
     int64_t *m;       /* (n_channels) per-channel prediction base m_c */
@@ -53,6 +54,9 @@ typedef struct kvp_plane_work {
     uint32_t (*sub)[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX]; /* (4) encoder: sub-histograms */
     const uint32_t **tabp;     /* (n_channels) decoder: each channel's table */
     kvp_rans_model models[KVP_PLANE_MAX_CLASSES];
+    int32_t *tk;               /* (trellis_rows, 4, 16) encoder: the trellis' chosen integers */
+    uint8_t *tb;               /* (trellis_rows, 8) encoder: its back pointers */
+    size_t trellis_rows;
     int ref;                   /* decode with the general loop (the reference twin of the fast
                                 * path for lossy planes of a width divisible by 4); for tests */
 } kvp_plane_work;
@@ -96,6 +100,8 @@ int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda
 
 /* Makes room for planes of n rows of d channels. */
 int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d);
+/* Makes room for the trellis search over n rows (w->tk, w->tb). */
+int kvp_plane_work_trellis(kvp_plane_work *w, int n);
 void kvp_plane_work_free(kvp_plane_work *w); /* frees the buffers; the struct may be reused */
 
 /* The largest encoded size of an (n, d) plane of any kind. */

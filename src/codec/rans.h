@@ -149,15 +149,14 @@ void kvp_rans_enc_init(kvp_rans_enc *e, uint8_t *buf, size_t cap);
 /* Encodes a symbol of frequency freq starting at cum on state `lane`. */
 static inline void kvp_rans_enc_put(kvp_rans_enc *e, int lane, uint32_t cum, uint32_t freq) {
     uint32_t x = e->x[lane];
-    if ((uint64_t)x >= ((uint64_t)freq << (32 - KVP_RANS_BITS))) {
-        if (e->ptr - e->lo >= 2) {
-            e->ptr -= 2;
-            kvp_wr16(e->ptr, (uint16_t)x);
-        } else {
-            e->overflow = 1;
-        }
-        x >>= 16;
+    uint32_t out = (uint64_t)x >= ((uint64_t)freq << (32 - KVP_RANS_BITS));
+    if (e->ptr - e->lo >= 2) { /* branch-free: whether a state emits a word is a coin toss */
+        kvp_wr16(e->ptr - 2, (uint16_t)x); /* below the stream: overwritten later when not kept */
+        e->ptr -= 2 * out;
+    } else {
+        e->overflow |= (int)out;
     }
+    x >>= 16 * out;
     e->x[lane] = ((x / freq) << KVP_RANS_BITS) + (x % freq) + cum;
 }
 

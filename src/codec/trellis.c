@@ -134,15 +134,12 @@ static void kvp_trellis_back16(const int32_t *tk, const uint16_t *tb, const floa
 int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda, int dbits,
                          const float sym_bits[][KVP_SYM_MAX], kvp_plane_work *w) {
     int vec = !w->ref && d >= 16 && kvp_trellis_avx512_built && strcmp(kvp_kernels_isa(), "avx512") == 0;
-    int32_t *tk = malloc(sizeof *tk * 4 * (size_t)n * (vec ? 16 : 1));
-    uint8_t *tb = malloc(4 * (size_t)n * (vec ? 2 : 1));
     int n_classes = 0;
     for (int c = 0; c < d; c++) n_classes = KVP_MAX(n_classes, w->cls[c] + 1);
-    float *tab = malloc(sizeof *tab * (size_t)n_classes * KVP_TRELLIS_TAB);
-    if (!tk || !tb || !tab) {
-        free(tk), free(tb), free(tab);
-        return kvp_seterr(KVP_ENOMEM, "out of memory for the trellis search (%d tokens)", n);
-    }
+    KVP_TRY(kvp_plane_work_trellis(w, n));
+    int32_t *tk = w->tk;
+    uint8_t *tb = w->tb;
+    float tab[KVP_PLANE_MAX_CLASSES * KVP_TRELLIS_TAB];
     kvp_trellis_prices(sym_bits, n_classes, dbits, tab);
     float inv = 1.0f / step;
     int c = 0;
@@ -160,6 +157,5 @@ int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda
     for (; c < d; c++)
         kvp_trellis_channel(x + c, n, d, inv, (int32_t)w->m[c], w->mode[c], tab + w->cls[c] * KVP_TRELLIS_TAB,
                             (float)lambda, w->q + c, tk, tb);
-    free(tk), free(tb), free(tab);
     return KVP_OK;
 }
