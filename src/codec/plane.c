@@ -299,7 +299,7 @@ static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int 
         if (w->sym[i] >= 1u << dbits) {
             int nb;
             uint32_t base = kvp_sym_base(w->sym[i], dbits, &nb);
-            kvp_bitw_put(bw, w->u[i] - base, nb);
+            kvp_bitw_put_fast(bw, w->u[i] - base, nb);
         }
         if (kind == KVP_PLANE_EXACT32) kvp_bitw_put(bw, kvp_f32_bits(x[i]) & 0xffff, 16);
     }

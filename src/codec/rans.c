@@ -12,16 +12,21 @@ void kvp_bitw_init(kvp_bitw *w, uint8_t *buf, size_t cap) {
     *w = (kvp_bitw){buf, cap, 0, 0, 0, 0};
 }
 
-void kvp_bitw_put(kvp_bitw *w, uint32_t v, int nbits) {
-    if (nbits <= 0) return;
-    w->acc |= (uint64_t)(nbits == 32 ? v : v & ((1u << nbits) - 1)) << w->n;
-    w->n += nbits;
+/* Writes out the whole bytes of the accumulator. */
+static void kvp_bitw_flush(kvp_bitw *w) {
     while (w->n >= 8) {
         if (w->pos < w->cap) w->buf[w->pos++] = (uint8_t)w->acc;
         else w->overflow = 1;
         w->acc >>= 8;
         w->n -= 8;
     }
+}
+
+void kvp_bitw_put(kvp_bitw *w, uint32_t v, int nbits) {
+    if (nbits <= 0) return;
+    w->acc |= (uint64_t)(nbits == 32 ? v : v & ((1u << nbits) - 1)) << w->n;
+    w->n += nbits;
+    kvp_bitw_flush(w);
 }
 
 void kvp_bitw_put_sexp(kvp_bitw *w, int64_t v) {
@@ -38,7 +43,8 @@ void kvp_bitw_put_sexp(kvp_bitw *w, int64_t v) {
 }
 
 size_t kvp_bitw_finish(kvp_bitw *w) {
-    if (w->n > 0) kvp_bitw_put(w, 0, 8 - w->n);
+    w->n += (8 - w->n % 8) % 8; /* zero padding (kvp_bitw_put_fast may have left whole bytes) */
+    kvp_bitw_flush(w);
     return w->overflow ? 0 : w->pos;
 }
 

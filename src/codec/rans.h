@@ -76,6 +76,22 @@ typedef struct kvp_bitw {
 void kvp_bitw_init(kvp_bitw *w, uint8_t *buf, size_t cap);
 /* Appends the low nbits (0..32) of v. */
 void kvp_bitw_put(kvp_bitw *w, uint32_t v, int nbits);
+/* The same for v < 2^nbits, nbits <= 31, inline: whole 32-bit words are flushed at once (the
+ * same bytes; on overflow the stream is invalid either way). */
+static inline void kvp_bitw_put_fast(kvp_bitw *w, uint32_t v, int nbits) {
+    w->acc |= (uint64_t)v << w->n;
+    w->n += nbits;
+    if (w->n >= 32) {
+        if (w->cap - w->pos >= 4) {
+            for (int i = 0; i < 4; i++) w->buf[w->pos + (size_t)i] = (uint8_t)(w->acc >> (8 * i));
+            w->pos += 4;
+        } else {
+            w->overflow = 1;
+        }
+        w->acc >>= 32;
+        w->n -= 32;
+    }
+}
 /* Writes a signed value as an order-0 Exp-Golomb code of its zigzag form. */
 void kvp_bitw_put_sexp(kvp_bitw *w, int64_t v);
 /* Flushes the last partial byte; returns the bytes written (0 after an overflow). */
