@@ -64,7 +64,7 @@ $(BUILD)/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KVP_CFLAGS) $(AVX2_FLAGS) -MMD -MP -c $< -o $@
 # The trellis search's vector and per-channel versions must round alike (tests compare their bytes).
-$(BUILD)/src/codec/trellis.o $(BUILD)/src/codec/trellis_avx512.o: KVP_CFLAGS += -ffp-contract=off
+$(BUILD)/src/codec/trellis.o $(BUILD)/src/codec/trellis_avx2.o $(BUILD)/src/codec/trellis_avx512.o: KVP_CFLAGS += -ffp-contract=off
 $(BUILD)/%_avx512.o: %_avx512.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KVP_CFLAGS) $(AVX512_FLAGS) -MMD -MP -c $< -o $@

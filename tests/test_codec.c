@@ -170,7 +170,7 @@ static void kvt_plane_data(float *x, int n, int d, int kind, unsigned long long 
 static int kvt_bits_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof *a) == 0; }
 
 /* One plane of (n, d) of a kind: the reference search (trellis) gives the same bytes as the
- * vector one, and they round trip through both decoding paths within the kind's bound: step / 2
+ * vector ones (16 and 8 lanes), and they round trip through both decoding paths within the kind's bound: step / 2
  * on the plain grid, 2 steps on the trellis (the farther of the two levels of its state's
  * quantizer that bracket the value). */
 static void kvt_plane_case(int n, int d, int kind, float step) {
@@ -185,6 +185,9 @@ static void kvt_plane_case(int n, int d, int kind, float step) {
     CHECKF(size == size2 && !memcmp(out, out2, size), "(%d, %d) kind %d: two encodings differ", n, d, kind);
     CHECK_OK(kvp_plane_encode(x, n, d, kind, step, &wr, out2, cap, &size2));
     CHECKF(size == size2 && !memcmp(out, out2, size), "(%d, %d) kind %d: the reference encoder differs", n, d, kind);
+    w2.width = 8; /* the AVX2 search where the CPU has it (else the reference again) */
+    CHECK_OK(kvp_plane_encode(x, n, d, kind, step, &w2, out2, cap, &size2));
+    CHECKF(size == size2 && !memcmp(out, out2, size), "(%d, %d) kind %d: the 8-lane encoder differs", n, d, kind);
     int k = -1;
     CHECK_OK(kvp_plane_decode(out, size, n, d, y, &w, &k));
     CHECK(k == kind);

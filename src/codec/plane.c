@@ -57,11 +57,12 @@ int kvp_plane_work_trellis(kvp_plane_work *w, int n) {
 }
 
 void kvp_plane_work_free(kvp_plane_work *w) {
-    int ref = w->ref;
+    int ref = w->ref, width = w->width;
     void *bufs[] = {w->q, w->u, w->sym, w->rans, w->m, w->pred, w->mask, w->pred32, w->mask32, w->cost, w->mode, w->cls, w->state, w->sub, w->tk, w->tb, w->tables, (void *)w->tabp};
     for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
     memset(w, 0, sizeof *w);
     w->ref = ref;
+    w->width = width;
 }
 
 size_t kvp_plane_bound(int n, int d) {

@@ -57,6 +57,8 @@ typedef struct kvp_plane_work {
     int32_t *tk;               /* (trellis_rows, 4, 16) encoder: the trellis' chosen integers */
     uint8_t *tb;               /* (trellis_rows, 8) encoder: its back pointers */
     size_t trellis_rows;
+    int width;                 /* encoder: the trellis search's vector width, 0 for the machine's
+                                * best, else 1, 8 or 16 where the CPU has it (for tests) */
     int ref;                   /* decode with the general loop (the reference twin of the fast
                                 * path for lossy planes of a width divisible by 4); for tests */
 } kvp_plane_work;
@@ -87,6 +89,11 @@ static inline int kvp_trellis_best(const float J[4]) {
  * each state's chosen integer, tb (n, 4) masks of lanes that took a state's second
  * predecessor, and J (4, 16) the final costs. */
 extern const int kvp_trellis_avx512_built; /* 1 when the file was built with AVX-512 */
+extern const int kvp_trellis_avx2_built;   /* 1 when trellis_avx2.c was built with AVX2 */
+/* The same over 8 channels (trellis_avx2.c): tk (n, 4, 8), tb (n, 4) masks, J (4, 8). */
+void kvp_trellis_block8_avx2(const float *x, int n, int d, float inv, float lambda, const int32_t *m,
+                             const int32_t *delta, const int32_t *off, const float *tab, int32_t *tk, uint16_t *tb,
+                             float *J);
 void kvp_trellis_block16_avx512(const float *x, int n, int d, float inv, float lambda, const int32_t *m,
                                 const int32_t *delta, const int32_t *off, const float *tab, int32_t *tk,
                                 uint16_t *tb, float *J);

@@ -112,50 +112,66 @@ static void kvp_trellis_channel(const float *x, int n, int d, float inv, int32_t
     }
 }
 
-/* Backtracks the 16 lanes of a vector search into q (16 channels, stride d), all lanes at
- * once so that their dependent chains overlap. */
-static void kvp_trellis_back16(const int32_t *tk, const uint16_t *tb, const float *J, int n, int d, int32_t *q) {
+/* Backtracks the W lanes (16 or 8) of a vector search into q (W channels, stride d), all lanes
+ * at once so that their dependent chains overlap. tk: (n, 4, W); tb: (n, 4) lane masks. */
+static void kvp_trellis_back(const int32_t *tk, const uint16_t *tb, const float *J, int n, int d, int W, int32_t *q) {
     int s[16];
-    for (int l = 0; l < 16; l++) {
-        float Jl[4] = {J[l], J[16 + l], J[32 + l], J[48 + l]};
+    for (int l = 0; l < W; l++) {
+        float Jl[4] = {J[l], J[W + l], J[2 * W + l], J[3 * W + l]};
         s[l] = kvp_trellis_best(Jl);
     }
     for (int t = n - 1; t >= 0; t--) {
-        const int32_t *k = tk + (size_t)t * 64;
+        const int32_t *k = tk + (size_t)t * 4 * (size_t)W;
         const uint16_t *b = tb + (size_t)t * 4;
         int32_t *row = q + (size_t)t * d;
-        for (int l = 0; l < 16; l++) {
-            row[l] = k[s[l] * 16 + l];
+        for (int l = 0; l < W; l++) {
+            row[l] = k[s[l] * W + l];
             s[l] = (s[l] & 1) * 2 + ((b[s[l]] >> l) & 1);
         }
     }
 }
 
+/* The vector width of the search on this machine: 16 (AVX-512), 8 (AVX2) or 1 (per channel). */
+static int kvp_trellis_width(const kvp_plane_work *w, int d) {
+    const char *isa = kvp_kernels_isa();
+    int want = w->ref ? 1 : w->width ? w->width : 16;
+    if (want >= 16 && d >= 16 && kvp_trellis_avx512_built && strcmp(isa, "avx512") == 0) return 16;
+    if (want >= 8 && d >= 8 && kvp_trellis_avx2_built && (strcmp(isa, "avx512") == 0 || strcmp(isa, "avx2") == 0))
+        return 8;
+    return 1;
+}
+
+/* One block of W channels from c: their bases, delta masks and price offsets, the search, the
+ * backtrack. */
+static void kvp_trellis_block(const float *x, int n, int d, int c, int W, float inv, float lambda, const float *tab,
+                              kvp_plane_work *w) {
+    int32_t m[16], delta[16], off[16];
+    float J[64];
+    for (int i = 0; i < W; i++) {
+        m[i] = (int32_t)w->m[c + i];
+        delta[i] = w->mode[c + i] ? -1 : 0;
+        off[i] = w->cls[c + i] * KVP_TRELLIS_TAB;
+    }
+    if (W == 16)
+        kvp_trellis_block16_avx512(x + c, n, d, inv, lambda, m, delta, off, tab, w->tk, (uint16_t *)w->tb, J);
+    else
+        kvp_trellis_block8_avx2(x + c, n, d, inv, lambda, m, delta, off, tab, w->tk, (uint16_t *)w->tb, J);
+    kvp_trellis_back(w->tk, (const uint16_t *)w->tb, J, n, d, W, w->q + c);
+}
+
 int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda, int dbits,
                          const float sym_bits[][KVP_SYM_MAX], kvp_plane_work *w) {
-    int vec = !w->ref && d >= 16 && kvp_trellis_avx512_built && strcmp(kvp_kernels_isa(), "avx512") == 0;
     int n_classes = 0;
     for (int c = 0; c < d; c++) n_classes = KVP_MAX(n_classes, w->cls[c] + 1);
     KVP_TRY(kvp_plane_work_trellis(w, n));
-    int32_t *tk = w->tk;
-    uint8_t *tb = w->tb;
     float tab[KVP_PLANE_MAX_CLASSES * KVP_TRELLIS_TAB];
     kvp_trellis_prices(sym_bits, n_classes, dbits, tab);
     float inv = 1.0f / step;
     int c = 0;
-    for (; vec && c + 16 <= d; c += 16) {
-        int32_t m[16], delta[16], off[16];
-        float J[64];
-        for (int i = 0; i < 16; i++) {
-            m[i] = (int32_t)w->m[c + i];
-            delta[i] = w->mode[c + i] ? -1 : 0;
-            off[i] = w->cls[c + i] * KVP_TRELLIS_TAB;
-        }
-        kvp_trellis_block16_avx512(x + c, n, d, inv, (float)lambda, m, delta, off, tab, tk, (uint16_t *)tb, J);
-        kvp_trellis_back16(tk, (const uint16_t *)tb, J, n, d, w->q + c);
-    }
+    for (int W = kvp_trellis_width(w, d); W > 1 && c + W <= d; c += W)
+        kvp_trellis_block(x, n, d, c, W, inv, (float)lambda, tab, w);
     for (; c < d; c++)
         kvp_trellis_channel(x + c, n, d, inv, (int32_t)w->m[c], w->mode[c], tab + w->cls[c] * KVP_TRELLIS_TAB,
-                            (float)lambda, w->q + c, tk, tb);
+                            (float)lambda, w->q + c, w->tk, w->tb);
     return KVP_OK;
 }
