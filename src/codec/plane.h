@@ -89,6 +89,9 @@ static inline int kvp_trellis_best(const float J[4]) {
  * each state's chosen integer, tb (n, 4) masks of lanes that took a state's second
  * predecessor, and J (4, 16) the final costs. */
 extern const int kvp_trellis_avx512_built; /* 1 when the file was built with AVX-512 */
+/* Backtracks a 16-channel search (the per-lane kvp_trellis_back of trellis.c, 16 lanes at
+ * once) into q (n rows of stride d). */
+void kvp_trellis_back16_avx512(const int32_t *tk, const uint16_t *tb, const float *J, int n, int d, int32_t *q);
 extern const int kvp_trellis_avx2_built;   /* 1 when trellis_avx2.c was built with AVX2 */
 /* The same over 8 channels (trellis_avx2.c): tk (n, 4, 8), tb (n, 4) masks, J (4, 8). */
 void kvp_trellis_block8_avx2(const float *x, int n, int d, float inv, float lambda, const int32_t *m,

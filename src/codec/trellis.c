@@ -152,10 +152,12 @@ static void kvp_trellis_block(const float *x, int n, int d, int c, int W, float 
         delta[i] = w->mode[c + i] ? -1 : 0;
         off[i] = w->cls[c + i] * KVP_TRELLIS_TAB;
     }
-    if (W == 16)
+    if (W == 16) {
         kvp_trellis_block16_avx512(x + c, n, d, inv, lambda, m, delta, off, tab, w->tk, (uint16_t *)w->tb, J);
-    else
-        kvp_trellis_block8_avx2(x + c, n, d, inv, lambda, m, delta, off, tab, w->tk, (uint16_t *)w->tb, J);
+        kvp_trellis_back16_avx512(w->tk, (const uint16_t *)w->tb, J, n, d, w->q + c);
+        return;
+    }
+    kvp_trellis_block8_avx2(x + c, n, d, inv, lambda, m, delta, off, tab, w->tk, (uint16_t *)w->tb, J);
     kvp_trellis_back(w->tk, (const uint16_t *)w->tb, J, n, d, W, w->q + c);
 }
 

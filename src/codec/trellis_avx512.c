@@ -106,6 +106,31 @@ void kvp_trellis_block16_avx512(const float *x, int n, int d, float inv, float l
     for (int s = 0; s < 4; s++) _mm512_storeu_ps(J + 16 * s, j[s]);
 }
 
+void kvp_trellis_back16_avx512(const int32_t *tk, const uint16_t *tb, const float *J, int n, int d, int32_t *q) {
+    __m512 best = _mm512_loadu_ps(J);
+    __m512i s = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    for (int i = 1; i < 4; i++) { /* the first least cost, as kvp_trellis_best */
+        __m512 ji = _mm512_loadu_ps(J + 16 * i);
+        __mmask16 lt = _mm512_cmp_ps_mask(ji, best, _CMP_LT_OQ);
+        s = _mm512_mask_mov_epi32(s, lt, _mm512_set1_epi32(i));
+        best = _mm512_mask_mov_ps(best, lt, ji);
+    }
+    for (int t = n - 1; t >= 0; t--) {
+        const int32_t *k = tk + (size_t)t * 64;
+        const uint16_t *b = tb + (size_t)t * 4;
+        __mmask16 e1 = _mm512_cmpeq_epi32_mask(s, one), e2 = _mm512_cmpeq_epi32_mask(s, _mm512_set1_epi32(2));
+        __mmask16 e3 = _mm512_cmpeq_epi32_mask(s, _mm512_set1_epi32(3)), e0 = (__mmask16)~(e1 | e2 | e3);
+        __m512i v = _mm512_loadu_si512(k);
+        v = _mm512_mask_loadu_epi32(v, e1, k + 16);
+        v = _mm512_mask_loadu_epi32(v, e2, k + 32);
+        v = _mm512_mask_loadu_epi32(v, e3, k + 48);
+        _mm512_storeu_si512(q + (size_t)t * d, v);
+        __mmask16 bit = (__mmask16)((e0 & b[0]) | (e1 & b[1]) | (e2 & b[2]) | (e3 & b[3]));
+        s = _mm512_mask_add_epi32(_mm512_slli_epi32(_mm512_and_si512(s, one), 1), bit,
+                                  _mm512_slli_epi32(_mm512_and_si512(s, one), 1), one);
+    }
+}
+
 #else /* built without the AVX-512 flags: trellis.c keeps to the per-channel search */
 
 const int kvp_trellis_avx512_built = 0;
@@ -115,6 +140,10 @@ void kvp_trellis_block16_avx512(const float *x, int n, int d, float inv, float l
                                 uint16_t *tb, float *J) {
     (void)x, (void)n, (void)d, (void)inv, (void)lambda, (void)m, (void)delta, (void)off, (void)tab, (void)tk;
     (void)tb, (void)J;
+}
+
+void kvp_trellis_back16_avx512(const int32_t *tk, const uint16_t *tb, const float *J, int n, int d, int32_t *q) {
+    (void)tk, (void)tb, (void)J, (void)n, (void)d, (void)q;
 }
 
 #endif
