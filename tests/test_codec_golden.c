@@ -194,39 +194,29 @@ TEST(codec_golden_v2_decodes) {
     kvt_golden_old(2, names, KVP_ARRAY_LEN(names));
 }
 
-/* A version 2 header in front of trellis planes is refused (version 2 had none). */
-TEST(codec_golden_v2_refuses_trellis) {
+/* Golden file `name` relabelled as format version `version` (header CRC redone) must refuse
+ * to decode its first chunk with KVP_EFORMAT and a message naming `what`. */
+static void kvt_golden_refused(const char *name, int version, const char *what) {
     void *buf = NULL;
     size_t size = 0;
-    CHECK_OK(kvp_read_file("tests/golden/kvz-medium.kvz", &buf, &size));
+    CHECK_OK(kvp_read_file(name, &buf, &size));
     uint8_t *b = buf;
-    kvp_wr16(b + 4, 2);
+    kvp_wr16(b + 4, (uint16_t)version);
     uint32_t hs = kvp_rd32(b + 8);
     kvp_wr32(b + hs - 4, kvp_crc32c(0, b, hs - 4));
     kvp_kvz *z = NULL;
     CHECK_OK(kvp_kvz_open(b, size, &z));
     float *kv = malloc(sizeof(float) * 2 * KVT_L * KVT_C * KVT_KVD);
-    CHECK(kvp_kvz_decode_chunk(z, 0, NULL, 0, kv) == KVP_EFORMAT && strstr(kvp_errmsg(), "trellis"));
+    CHECKF(kvp_kvz_decode_chunk(z, 0, NULL, 0, kv) == KVP_EFORMAT && strstr(kvp_errmsg(), what), "%s as version %d: %s",
+           name, version, kvp_errmsg());
     free(kv);
     kvp_kvz_free(z);
     free(buf);
 }
 
+/* A version 2 header in front of trellis planes is refused (version 2 had none). */
+TEST(codec_golden_v2_refuses_trellis) { kvt_golden_refused("tests/golden/kvz-medium.kvz", 2, "trellis"); }
+
 /* A version 1 header in front of a chunk with rotated keys is refused (version 1 had no
  * chunk flags), not decoded as unrotated keys. */
-TEST(codec_golden_v1_refuses_rotary) {
-    void *buf = NULL;
-    size_t size = 0;
-    CHECK_OK(kvp_read_file("tests/golden/kvz-medium-rotary.kvz", &buf, &size));
-    uint8_t *b = buf;
-    kvp_wr16(b + 4, 1);
-    uint32_t hs = kvp_rd32(b + 8);
-    kvp_wr32(b + hs - 4, kvp_crc32c(0, b, hs - 4));
-    kvp_kvz *z = NULL;
-    CHECK_OK(kvp_kvz_open(b, size, &z));
-    float *kv = malloc(sizeof(float) * 2 * KVT_L * KVT_C * KVT_KVD);
-    CHECK(kvp_kvz_decode_chunk(z, 0, NULL, 0, kv) == KVP_EFORMAT && strstr(kvp_errmsg(), "flags"));
-    free(kv);
-    kvp_kvz_free(z);
-    free(buf);
-}
+TEST(codec_golden_v1_refuses_rotary) { kvt_golden_refused("tests/golden/kvz-medium-rotary.kvz", 1, "flags"); }
