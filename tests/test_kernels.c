@@ -399,7 +399,7 @@ static const int kt_gemm_types[] = {KVP_TYPE_F32, KVP_TYPE_F16, KVP_TYPE_BF16, K
 TEST(kernels_gemm_vs_ref) {
     kvp_ktable tabs[3];
     const int nt = kt_tables(tabs);
-    const int ns[] = {1, 2, 3, 4, 7, 33};
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 33};
     const int qcols[] = {32, 96, 1056};
     const int fcols[] = {1, 7, 16, 33, 96, 1056};
     for (size_t ti = 0; ti < KVP_ARRAY_LEN(kt_gemm_types); ti++) {
@@ -490,7 +490,7 @@ TEST(kernels_gemm_deterministic_splits) {
         for (int ci = 0; ci < 3; ci++) {
             const int type = kt_gemm_types[ti];
             const int cols = kvp_type_traits_get(type)->block_size > 1 ? cols_q[ci] : cols_f[ci];
-            enum { ROWS = 23, N = 9 };
+            enum { ROWS = 23, N = 11 };
             kt_mm m;
             if (kt_mm_make(&m, type, ROWS, cols, N, 300 + ci) != 0) {
                 kt_mm_free(&m);
@@ -499,8 +499,8 @@ TEST(kernels_gemm_deterministic_splits) {
             const size_t xrow = kvp_act_bytes(type, cols);
             for (int k = 0; k < nt; k++) {
                 static float y[N * ROWS], y2[N * ROWS];
-                for (int pass = 0; pass < 3; pass++) { /* n = 3 (a small batch), 1 (decode), N: y keeps N's */
-                    const int n = pass == 0 ? 3 : pass == 1 ? 1 : N;
+                for (int pass = 0; pass < 5; pass++) { /* small batches, decode, mid batches, N: y keeps N's */
+                    const int n = (const int[]){3, 1, 6, 8, N}[pass];
                     tabs[k].gemm[type](m.w, cols, m.xp, n, y, ROWS, 0, ROWS);
                     const int cuts[] = {0, 1, 6, 7, 13, 21, ROWS};
                     for (size_t c = 0; c + 1 < KVP_ARRAY_LEN(cuts); c++)
@@ -508,11 +508,17 @@ TEST(kernels_gemm_deterministic_splits) {
                     CHECKF(memcmp(y, y2, sizeof(float) * n * ROWS) == 0, "%s %s cols %d n %d: row split changes results",
                            tabs[k].isa, kvp_type_name(type), cols, n);
                 }
-                /* tokens 2..N-1 as a batch of N-2: each keeps its result from the batch of N */
-                tabs[k].gemm[type](m.w, cols, m.xp + 2 * xrow, N - 2, y2, ROWS, 0, ROWS);
-                CHECKF(memcmp(y + 2 * ROWS, y2, sizeof(float) * (N - 2) * ROWS) == 0,
-                       "%s %s cols %d: a token's position in the batch changes results", tabs[k].isa,
-                       kvp_type_name(type), cols);
+                /* tokens j..n-1 as a batch of n-j: each keeps its result from the batch of n, among
+                 * small batches (2-4 tokens) and among all others (5-8: pairs of rows, 9 and up:
+                 * tiles, the same operations) */
+                for (int pass = 0; pass < 4; pass++) {
+                    const int n = (const int[]){4, 8, N, N}[pass], j = (const int[]){1, 2, 3, 5}[pass];
+                    tabs[k].gemm[type](m.w, cols, m.xp, n, y, ROWS, 0, ROWS);
+                    tabs[k].gemm[type](m.w, cols, m.xp + (size_t)j * xrow, n - j, y2, ROWS, 0, ROWS);
+                    CHECKF(memcmp(y + j * ROWS, y2, sizeof(float) * (size_t)(n - j) * ROWS) == 0,
+                           "%s %s cols %d n %d: a token's position in the batch changes results", tabs[k].isa,
+                           kvp_type_name(type), cols, n);
+                }
             }
             kt_mm_free(&m);
         }

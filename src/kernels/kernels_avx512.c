@@ -275,6 +275,81 @@ KVP_AI void kvp_fgemm_small(const int et, const int T, const char *w, size_t wro
     for (int r = r0 + 4 * groups; r < r1; r++) kvp_fgemm_small_rows(et, T, 1, w, wrow, x, cols, y, ldy, r);
 }
 
+/* Splits n into pieces of at most max, as equal as possible, rounded up to a multiple of
+ * align: returns the piece size. */
+static int kvp_even_chunk(int n, int max, int align) {
+    int pieces = (n + max - 1) / max;
+    int c = (n + pieces - 1) / pieces;
+    return (c + align - 1) / align * align;
+}
+
+/* Rows r .. r + R - 1 for T tokens over columns [k0, k1) (stored, or added to y when accum),
+ * each weight vector loaded once for the batch and each activation vector once per R rows,
+ * the R row streams prefetched ahead (as decode). One accumulator per (row, token), the same
+ * operations as the prefill tiles (kvp_fgemm_tile), so a token's sums are those of any batch
+ * of 5 or more. */
+KVP_AI void kvp_fgemm_mid_rows(const int et, const int T, const int R, const char *w, size_t wrow, const float *x,
+                               int cols, int k0, int k1, float *y, int ldy, int accum) {
+    const size_t es = kvp_esize(et);
+    __m512 acc[4][8];
+KVP_UNROLL
+    for (int i = 0; i < R; i++)
+KVP_UNROLL
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    int k = k0;
+    for (; k + 16 <= k1; k += 16) {
+        __m512 wv[4];
+KVP_UNROLL
+        for (int i = 0; i < R; i++) {
+            const char *p = w + i * wrow + (size_t)k * es;
+            if ((k & 31) == 0) kvp_prefetch(p);
+            wv[i] = kvp_ld(et, p);
+        }
+KVP_UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_loadu_ps(x + (size_t)t * cols + k);
+KVP_UNROLL
+            for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+        }
+    }
+    if (k < k1) {
+        const __mmask16 m = kvp_mask16(k1 - k);
+        __m512 wv[4];
+KVP_UNROLL
+        for (int i = 0; i < R; i++) wv[i] = kvp_ld_mask(et, w + i * wrow + (size_t)k * es, m);
+KVP_UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)t * cols + k);
+KVP_UNROLL
+            for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+        }
+    }
+KVP_UNROLL
+    for (int t = 0; t < T; t++) {
+        __m512 col[4];
+KVP_UNROLL
+        for (int i = 0; i < R; i++) col[i] = acc[i][t];
+        kvp_store_sums(R, col, y + (size_t)t * ldy, accum, 1.0f);
+    }
+}
+
+/* A batch of 5 to 8 tokens (a decode step of that many sessions): pairs of rows with all T
+ * tokens, so each weight is read once for the batch (the prefill tiles take 6 tokens at a
+ * time: 7 or 8 would read it twice), the two halves of the rows as two linear streams as
+ * decode, the K chunks of the prefill path. A row's sums do not depend on [r0, r1). */
+KVP_AI void kvp_fgemm_mid(const int et, const int T, const char *w, size_t wrow, const float *x, int cols, float *y,
+                          int ldy, int r0, int r1) {
+    const int kc = kvp_even_chunk(cols, KVP_FG_KC, 16), pairs = (r1 - r0) / 2, ha = (pairs + 1) / 2;
+    for (int g = 0; g < pairs; g++) {
+        const int r = r0 + 2 * (g % 2 ? ha + g / 2 : g / 2);
+        for (int k0 = 0; k0 < cols; k0 += kc)
+            kvp_fgemm_mid_rows(et, T, 2, w + r * wrow, wrow, x, cols, k0, KVP_MIN(cols, k0 + kc), y + r, ldy, k0 > 0);
+    }
+    for (int r = r0 + 2 * pairs; r < r1; r++)
+        for (int k0 = 0; k0 < cols; k0 += kc)
+            kvp_fgemm_mid_rows(et, T, 1, w + r * wrow, wrow, x, cols, k0, KVP_MIN(cols, k0 + kc), y + r, ldy, k0 > 0);
+}
+
 /* Rows [r0, r1) of one K chunk for a tile of T tokens: tiles of 4 rows, then single rows. */
 KVP_AI void kvp_fgemm_rows(const int et, const int T, const char *w, size_t wrow, const float *x,
                            size_t xrow, int k0, int k1, float *y, int ldy, int r0, int r1,
@@ -286,13 +361,6 @@ KVP_AI void kvp_fgemm_rows(const int et, const int T, const char *w, size_t wrow
         kvp_fgemm_tile(et, 1, T, w + r * wrow, wrow, x, xrow, k0, k1, y + r, ldy, accum);
 }
 
-/* Splits n into pieces of at most max, as equal as possible, rounded up to a multiple of
- * align: returns the piece size. */
-static int kvp_even_chunk(int n, int max, int align) {
-    int pieces = (n + max - 1) / max;
-    int c = (n + pieces - 1) / pieces;
-    return (c + align - 1) / align * align;
-}
 
 KVP_AI void kvp_fgemm(const int et, const void *wv, int cols, const void *xp, int n, float *y,
                       int ldy, int r0, int r1) {
@@ -319,6 +387,10 @@ KVP_UNROLL
     case 2: kvp_fgemm_small(et, 2, w, wrow, x, cols, y, ldy, r0, r1); return;
     case 3: kvp_fgemm_small(et, 3, w, wrow, x, cols, y, ldy, r0, r1); return;
     case 4: kvp_fgemm_small(et, 4, w, wrow, x, cols, y, ldy, r0, r1); return;
+    case 5: kvp_fgemm_mid(et, 5, w, wrow, x, cols, y, ldy, r0, r1); return;
+    case 6: kvp_fgemm_mid(et, 6, w, wrow, x, cols, y, ldy, r0, r1); return;
+    case 7: kvp_fgemm_mid(et, 7, w, wrow, x, cols, y, ldy, r0, r1); return;
+    case 8: kvp_fgemm_mid(et, 8, w, wrow, x, cols, y, ldy, r0, r1); return;
     default: break;
     }
     const int kc = kvp_even_chunk(cols, KVP_FG_KC, 16);
