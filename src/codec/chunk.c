@@ -17,8 +17,8 @@
  * values' RMS, both for a plain grid; a trellis plane's grid (the union of its two
  * quantizers) is KVP_TRELLIS_STEP times as fine. docs/codec.md records the measurements these
  * come from. */
-static const double kvp_level_tau[3] = {0.36, 0.18, 0.072};
-static const double kvp_level_alpha[3] = {1.00, 0.50, 0.20};
+static const double kvp_level_tau[3] = {0.324, 0.162, 0.0648};
+static const double kvp_level_alpha[3] = {1.12, 0.56, 0.224};
 
 double kvp_codec_depth(int l, int n_layers) { return n_layers > 1 ? (double)l / (n_layers - 1) : 0.5; }
 
