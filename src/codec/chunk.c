@@ -17,7 +17,7 @@
  * values' RMS, both for a plain grid; a trellis plane's grid (the union of its two
  * quantizers) is KVP_TRELLIS_STEP times as fine. docs/codec.md records the measurements these
  * come from. */
-static const double kvp_level_tau[3] = {0.324, 0.162, 0.0648};
+static const double kvp_level_tau[3] = {0.34, 0.17, 0.068};
 static const double kvp_level_alpha[3] = {1.12, 0.56, 0.224};
 
 double kvp_codec_depth(int l, int n_layers) { return n_layers > 1 ? (double)l / (n_layers - 1) : 0.5; }
@@ -28,6 +28,7 @@ float kvp_codec_step(int level, int is_value, double rms, double qk, double dept
     /* keys: uniform errors of a step s move the logit q.k / sqrt(head_dim) by a standard
      * deviation |q| s / sqrt(12 head_dim) = rms(q) s / sqrt(12), so s = tau sqrt(12) / rms(q),
      * with rms(q) estimated as rms(K) * qk */
+    if (!is_value && depth <= 0) tau *= 0.8; /* the first of several layers: docs/codec.md */
     double step = is_value ? alpha * rms : tau * 3.4641016151377544 / (rms * qk);
     step *= KVP_TRELLIS_STEP; /* the union grid of the trellis' two quantizers */
     return step > 1e-30 && step < 1e30 ? (float)step : 1.0f;

@@ -49,8 +49,9 @@ int kvp_fingerprint_compare(const kvp_fingerprint *saved, const kvp_fingerprint 
 /* The quantization step of a lossy (trellis) plane with root mean square rms, in a layer at
  * relative depth `depth` (kvp_codec_depth). Values: a fraction of rms that depends on the level, 2^-0.25
  * of it in the first layer rising to 2^0.25 in the last (coarser bins for deeper layers, as
- * CacheGen does). Keys: the step that keeps the attention-logit error at the level's target,
- * given rms(q) ~ rms * qk (qk from kvp_codec_qk; 1 when unknown). */
+ * CacheGen does). Keys: the step that keeps the attention-logit error at the level's target
+ * (0.8 of it in the first of several layers), given rms(q) ~ rms * qk (qk from kvp_codec_qk;
+ * 1 when unknown). */
 float kvp_codec_step(int level, int is_value, double rms, double qk, double depth);
 /* Layer l of n_layers as a depth in [0, 1] (0.5 for a single layer). */
 double kvp_codec_depth(int l, int n_layers);
