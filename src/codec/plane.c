@@ -308,6 +308,21 @@ static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int 
 
 /* Modes, classes, residuals and per-class symbol counts of the integers in w->q; returns the
  * plane's dbits. */
+/* Modes and classes of the integers in w->q, and each class' mean zigzag residual (from the
+ * chosen modes' residual sums: a zigzag value is about twice the residual's size). */
+static void kvp_plane_modes(int n, int d, int n_classes, kvp_plane_work *w, double *mean_u) {
+    kvp_plane_channel_costs(w->q, n, d, w);
+    double sum[KVP_PLANE_MAX_CLASSES] = {0};
+    int cnt[KVP_PLANE_MAX_CLASSES] = {0};
+    kvp_plane_classes(d, n_classes, w);
+    for (int r = 0; r < d; r++) { /* w->cost now holds the sort keys: cost << 16 | channel */
+        int c = (int)(w->cost[r] & 0xffff);
+        sum[w->cls[c]] += (double)(w->cost[r] >> 16);
+        cnt[w->cls[c]]++;
+    }
+    for (int g = 0; g < n_classes; g++) mean_u[g] = cnt[g] ? 2.0 * sum[g] / ((double)cnt[g] * n) : 1.0;
+}
+
 static int kvp_plane_model(int n, int d, int n_classes, kvp_plane_work *w, uint32_t counts[][KVP_SYM_MAX]) {
     size_t N = (size_t)n * (size_t)d;
     kvp_plane_channel_costs(w->q, n, d, w);
@@ -315,17 +330,6 @@ static int kvp_plane_model(int n, int d, int n_classes, kvp_plane_work *w, uint3
     int dbits = kvp_plane_dbits(kvp_plane_residuals(w->q, n, d, w), N);
     kvp_plane_counts(N, d, dbits, w, counts);
     return dbits;
-}
-
-/* Each symbol's cost in bits, log2(total / count), from a class' counts (absent symbols: 14
- * bits): the ideal code lengths, which the coded models follow within a few percent. */
-static void kvp_plane_sym_bits(int n_classes, uint32_t counts[][KVP_SYM_MAX], float sym_bits[][KVP_SYM_MAX]) {
-    for (int g = 0; g < n_classes; g++) {
-        uint64_t total = 0;
-        for (int s = 0; s < KVP_SYM_MAX; s++) total += counts[g][s];
-        for (int s = 0; s < KVP_SYM_MAX; s++)
-            sym_bits[g][s] = counts[g][s] ? (float)log2((double)total / counts[g][s]) : 14.0f;
-    }
 }
 
 static int kvp_plane_too_small(size_t cap) {
@@ -345,13 +349,14 @@ int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_pla
     int n_classes = (int)KVP_MAX(1, KVP_MIN((size_t)KVP_PLANE_MAX_CLASSES, N / KVP_PLANE_CLASS_VALUES));
     n_classes = KVP_MIN(n_classes, d);
     uint32_t counts[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX];
-    int dbits = kvp_plane_model(n, d, n_classes, w, counts);
-    if (kind == KVP_PLANE_TRELLIS) { /* the search prices residuals by the plain grid's models */
-        float sym_bits[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX];
-        kvp_plane_sym_bits(n_classes, counts, sym_bits);
-        KVP_TRY(kvp_trellis_quantize(x, n, d, step, KVP_TRELLIS_LAMBDA, dbits, (const float(*)[KVP_SYM_MAX])sym_bits, w));
-        dbits = kvp_plane_model(n, d, n_classes, w, counts);
+    if (kind == KVP_PLANE_TRELLIS) { /* residuals priced by the plain grid's modes and classes */
+        double mean_u[KVP_PLANE_MAX_CLASSES];
+        float tab[KVP_PLANE_MAX_CLASSES * KVP_TRELLIS_TAB];
+        kvp_plane_modes(n, d, n_classes, w, mean_u);
+        kvp_trellis_prices_geo(mean_u, n_classes, tab);
+        KVP_TRY(kvp_trellis_quantize(x, n, d, step, KVP_TRELLIS_LAMBDA, tab, w));
     }
+    int dbits = kvp_plane_model(n, d, n_classes, w, counts);
     kvp_bitw bw;
     kvp_bitw_init(&bw, out + KVP_PLANE_HEADER, cap - KVP_PLANE_HEADER);
     KVP_TRY(kvp_plane_side(&bw, d, n_classes, w, counts));

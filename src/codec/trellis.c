@@ -27,17 +27,6 @@
 
 
 
-/* The prices of residuals: per class, the bits of zigzag values u < KVP_TRELLIS_TAB (larger
- * ones are priced as the last entry; the search only needs the small ones right). */
-static void kvp_trellis_prices(const float sym_bits[][KVP_SYM_MAX], int n_classes, int dbits, float *tab) {
-    for (int g = 0; g < n_classes; g++)
-        for (uint32_t u = 0; u < KVP_TRELLIS_TAB; u++) {
-            uint32_t extra;
-            int nb, sym = kvp_sym_encode(u, dbits, &extra, &nb);
-            tab[g * KVP_TRELLIS_TAB + (int)u] = sym_bits[g][sym] + (float)nb;
-        }
-}
-
 static inline float kvp_trellis_price(const float *tab, int64_t r) {
     uint32_t u = kvp_zigzag(r);
     return tab[u < KVP_TRELLIS_TAB ? u : KVP_TRELLIS_TAB - 1];
@@ -145,7 +134,7 @@ static int kvp_trellis_width(const kvp_plane_work *w, int d) {
  * backtrack. */
 static void kvp_trellis_block(const float *x, int n, int d, int c, int W, float inv, float lambda, const float *tab,
                               kvp_plane_work *w) {
-    int32_t m[16], delta[16], off[16];
+    int32_t m[16] = {0}, delta[16] = {0}, off[16] = {0};
     float J[64];
     for (int i = 0; i < W; i++) {
         m[i] = (int32_t)w->m[c + i];
@@ -161,13 +150,18 @@ static void kvp_trellis_block(const float *x, int n, int d, int c, int W, float 
     kvp_trellis_back(w->tk, (const uint16_t *)w->tb, J, n, d, W, w->q + c);
 }
 
-int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda, int dbits,
-                         const float sym_bits[][KVP_SYM_MAX], kvp_plane_work *w) {
-    int n_classes = 0;
-    for (int c = 0; c < d; c++) n_classes = KVP_MAX(n_classes, w->cls[c] + 1);
+/* A geometric distribution of u, P(u) = p (1 - p)^u with p = 1 / (1 + mean): u costs
+ * -log2 p - u log2 (1 - p) bits, a line in u. The coded models spend more on large u (their
+ * escapes are logarithmic), which only matters where the search would not go. */
+void kvp_trellis_prices_geo(const double *mean_u, int n_classes, float *tab) {
+    for (int g = 0; g < n_classes; g++) {
+        double p = 1.0 / (1.0 + mean_u[g]), a = -log2(p), b = -log2(1.0 - p);
+        for (int u = 0; u < KVP_TRELLIS_TAB; u++) tab[g * KVP_TRELLIS_TAB + u] = (float)(a + b * u);
+    }
+}
+
+int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda, const float *tab, kvp_plane_work *w) {
     KVP_TRY(kvp_plane_work_trellis(w, n));
-    float tab[KVP_PLANE_MAX_CLASSES * KVP_TRELLIS_TAB];
-    kvp_trellis_prices(sym_bits, n_classes, dbits, tab);
     float inv = 1.0f / step;
     int c = 0;
     for (int W = kvp_trellis_width(w, d); W > 1 && c + W <= d; c += W)
