@@ -308,9 +308,9 @@ static void kvp_plane_raw(kvp_bitw *bw, const float *x, size_t N, int kind, int 
 
 /* Modes, classes, residuals and per-class symbol counts of the integers in w->q; returns the
  * plane's dbits. */
-/* Modes and classes of the integers in w->q, and each class' mean zigzag residual (from the
- * chosen modes' residual sums: a zigzag value is about twice the residual's size). */
-static void kvp_plane_modes(int n, int d, int n_classes, kvp_plane_work *w, double *mean_u) {
+/* Modes and classes of the integers in w->q, and each class' mean |residual| (from the chosen
+ * modes' residual sums). */
+static void kvp_plane_modes(int n, int d, int n_classes, kvp_plane_work *w, double *mean_r) {
     kvp_plane_channel_costs(w->q, n, d, w);
     double sum[KVP_PLANE_MAX_CLASSES] = {0};
     int cnt[KVP_PLANE_MAX_CLASSES] = {0};
@@ -320,7 +320,7 @@ static void kvp_plane_modes(int n, int d, int n_classes, kvp_plane_work *w, doub
         sum[w->cls[c]] += (double)(w->cost[r] >> 16);
         cnt[w->cls[c]]++;
     }
-    for (int g = 0; g < n_classes; g++) mean_u[g] = cnt[g] ? 2.0 * sum[g] / ((double)cnt[g] * n) : 1.0;
+    for (int g = 0; g < n_classes; g++) mean_r[g] = cnt[g] ? sum[g] / ((double)cnt[g] * n) : 1.0;
 }
 
 static int kvp_plane_model(int n, int d, int n_classes, kvp_plane_work *w, uint32_t counts[][KVP_SYM_MAX]) {
@@ -350,10 +350,10 @@ int kvp_plane_encode(const float *x, int n, int d, int kind, float step, kvp_pla
     n_classes = KVP_MIN(n_classes, d);
     uint32_t counts[KVP_PLANE_MAX_CLASSES][KVP_SYM_MAX];
     if (kind == KVP_PLANE_TRELLIS) { /* residuals priced by the plain grid's modes and classes */
-        double mean_u[KVP_PLANE_MAX_CLASSES];
+        double mean_r[KVP_PLANE_MAX_CLASSES];
         float tab[KVP_PLANE_MAX_CLASSES * KVP_TRELLIS_TAB];
-        kvp_plane_modes(n, d, n_classes, w, mean_u);
-        kvp_trellis_prices_geo(mean_u, n_classes, tab);
+        kvp_plane_modes(n, d, n_classes, w, mean_r);
+        kvp_trellis_prices_geo(mean_r, n_classes, tab);
         KVP_TRY(kvp_trellis_quantize(x, n, d, step, KVP_TRELLIS_LAMBDA, tab, w));
     }
     int dbits = kvp_plane_model(n, d, n_classes, w, counts);

@@ -74,7 +74,7 @@ static inline int64_t kvp_trellis_level(int64_t q, int s) { return 2 * q - (s >>
 #define KVP_TRELLIS_TAB 256 /* residual prices tabulated per class (zigzag values) */
 /* The search's price of a bit, in squared steps: chosen on sotu-1M, stories260K and
  * randk-f16 (docs/codec.md); 0 would be the nearest-level path, larger trades error for bits. */
-#define KVP_TRELLIS_LAMBDA 0.12
+#define KVP_TRELLIS_LAMBDA 0.1
 #define KVP_TRELLIS_INF 1e30f
 /* The survivor with the least cost (the lowest state on a tie). */
 static inline int kvp_trellis_best(const float J[4]) {
@@ -106,8 +106,9 @@ void kvp_trellis_block16_avx512(const float *x, int n, int d, float inv, float l
  * (zigzag u) priced by tab[class * KVP_TRELLIS_TAB + min(u, KVP_TRELLIS_TAB - 1)] under each
  * channel's prediction (w->m, w->mode, w->cls as set by the plane encoder). Costs O(n d). */
 int kvp_trellis_quantize(const float *x, int n, int d, float step, double lambda, const float *tab, kvp_plane_work *w);
-/* The prices of a geometric distribution of u with mean mean_u[class] (tab as above). */
-void kvp_trellis_prices_geo(const double *mean_u, int n_classes, float *tab);
+/* The prices of a two-sided geometric distribution of residuals with mean |r| mean_r[class]
+ * (tab as above). */
+void kvp_trellis_prices_geo(const double *mean_r, int n_classes, float *tab);
 
 /* Makes room for planes of n rows of d channels. */
 int kvp_plane_work_reserve(kvp_plane_work *w, int n, int d);

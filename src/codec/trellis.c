@@ -150,13 +150,15 @@ static void kvp_trellis_block(const float *x, int n, int d, int c, int W, float 
     kvp_trellis_back(w->tk, (const uint16_t *)w->tb, J, n, d, W, w->q + c);
 }
 
-/* A geometric distribution of u, P(u) = p (1 - p)^u with p = 1 / (1 + mean): u costs
- * -log2 p - u log2 (1 - p) bits, a line in u. The coded models spend more on large u (their
- * escapes are logarithmic), which only matters where the search would not go. */
-void kvp_trellis_prices_geo(const double *mean_u, int n_classes, float *tab) {
+/* A two-sided geometric distribution of the residual r, P(r) = (1 - t) / (1 + t) t^|r|, whose
+ * mean |r| is 2 t / (1 - t^2) = mean: r costs -log2((1 - t) / (1 + t)) - |r| log2 t bits, the
+ * same for r and -r (zigzag u is -2r - 1 or 2r). The coded models spend more on large |r|
+ * (their escapes are logarithmic), which only matters where the search would not go. */
+void kvp_trellis_prices_geo(const double *mean_r, int n_classes, float *tab) {
     for (int g = 0; g < n_classes; g++) {
-        double p = 1.0 / (1.0 + mean_u[g]), a = -log2(p), b = -log2(1.0 - p);
-        for (int u = 0; u < KVP_TRELLIS_TAB; u++) tab[g * KVP_TRELLIS_TAB + u] = (float)(a + b * u);
+        double m = mean_r[g] > 1e-3 ? mean_r[g] : 1e-3, t = (sqrt(1.0 + m * m) - 1.0) / m;
+        double a = -log2((1.0 - t) / (1.0 + t)), b = -log2(t);
+        for (int u = 0; u < KVP_TRELLIS_TAB; u++) tab[g * KVP_TRELLIS_TAB + u] = (float)(a + b * ((u + 1) / 2));
     }
 }
 
