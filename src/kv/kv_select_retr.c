@@ -352,7 +352,7 @@ static void kvp_rt_score(const kvp_kv_retr *c, kvp_rt_scratch *w, int layer, int
     for (int j = 1; j < g; j++) {
         const float *u = w->ub + (size_t)j * nb;
         if (c->kind == KVP_RT_QUEST)
-            for (int b = 0; b < nb; b++) w->bs[b] = fmaxf(w->bs[b], u[b]);
+            for (int b = 0; b < nb; b++) w->bs[b] = u[b] > w->bs[b] ? u[b] : w->bs[b]; /* fmaxf is a libm call */
         else
             for (int b = 0; b < nb; b++) w->bs[b] += u[b];
     }
