@@ -87,6 +87,33 @@ TEST(select_q8_kernels_match_ref) {
             }
 }
 
+/* Long runs and many query rows: the scaled weights go through the stack buffer in chunks of
+ * rows (256) and of query rows (16 at 256 rows); the result matches the reference. */
+TEST(select_q8_values_chunked) {
+    enum { N = 600, NY = 20, HD = 33 };
+    unsigned long long seed = 11;
+    int8_t *V = malloc((size_t)N * HD);
+    float *vs = malloc(sizeof(float) * N), *P = malloc(sizeof(float) * NY * (N + 1));
+    float *Y1 = malloc(sizeof(float) * NY * HD), *Y2 = malloc(sizeof(float) * NY * HD), *S1 = malloc(sizeof(float) * NY * (N + 1));
+    float *S2 = malloc(sizeof(float) * NY * (N + 1)), *Q = malloc(sizeof(float) * NY * HD);
+    CHECK(V && vs && P && Y1 && Y2 && S1 && S2 && Q);
+    for (int i = 0; i < N * HD; i++) V[i] = (int8_t)(kvt_rand_u64(&seed) % 255 - 127);
+    for (int t = 0; t < N; t++) vs[t] = 0.01f * (1 + kvt_randf(&seed));
+    kvt_fill(P, (size_t)NY * (N + 1), &seed);
+    kvt_fill(Q, (size_t)NY * HD, &seed);
+    kvt_fill(Y1, (size_t)NY * HD, &seed);
+    memcpy(Y2, Y1, sizeof(float) * NY * HD);
+    kvp_sel_values_q8(Y1, HD, NY, P, N + 1, V, vs, N, HD);
+    kvp_sel_values_q8_ref(Y2, HD, NY, P, N + 1, V, vs, N, HD);
+    for (int i = 0; i < NY * HD; i++) CHECK_NEAR(Y1[i], Y2[i], 1e-3);
+    kvp_sel_scores_q8(V, vs, N, HD, Q, NY, HD, 0.5f, S1, N + 1);
+    kvp_sel_scores_q8_ref(V, vs, N, HD, Q, NY, HD, 0.5f, S2, N + 1);
+    for (int j = 0; j < NY; j++)
+        for (int t = 0; t < N; t++) CHECK_NEAR(S1[j * (N + 1) + t], S2[j * (N + 1) + t], 1e-4);
+    void *bufs[] = {V, vs, P, Y1, Y2, S1, S2, Q};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
+}
+
 TEST(select_q8_dequant_matches_ref) {
     unsigned long long seed = 21;
     const int hds[] = {1, 7, 8, 9, 64, 67};
