@@ -120,6 +120,11 @@ bench: $(BUILD)/bench_kernels
 	$(BUILD)/bench_kernels $(BENCH_ARGS)
 -include $(BUILD)/bench/bench_kernels.d
 
+# Retrieval attention over scattered 8-bit cold blocks: build/bench_retrieval [STEPS] [dram|l3|l2]
+$(BUILD)/bench_retrieval: $(BUILD)/bench/bench_retrieval.o $(BUILD)/libkvpack.a
+	$(CC) -o $@ $< $(BUILD)/libkvpack.a $(LDFLAGS) $(LDLIBS)
+-include $(BUILD)/bench/bench_retrieval.d
+
 clean:
 	rm -rf build build-asan build-fuzz
 

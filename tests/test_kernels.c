@@ -736,6 +736,71 @@ TEST(kernels_attn_values) {
                     }
 }
 
+/* The 8-bit kernels (the cold tier's rows attended in place) against their references under
+ * every instruction set, over odd row counts and head sizes up to 1023 (full vectors, a
+ * masked tail, and tails alone), misaligned rows, and sentinels around the outputs. */
+TEST(kernels_attn_i8_odd_sizes) {
+    kvp_ktable tabs[3];
+    const int nt = kt_tables(tabs);
+    const int sizes[] = {1, 3, 7, 33, 1023}, heads[] = {1, 3, 7};
+    enum { MAXN = 1023, MAXHD = 1023, MAXQ = 7 };
+    unsigned long long s = 57;
+    int8_t *K = malloc((size_t)MAXN * MAXHD + 1);
+    float *Q = malloc(sizeof(float) * MAXQ * (MAXHD + 5)), *P = malloc(sizeof(float) * MAXQ * (MAXN + 2));
+    float *S = malloc(sizeof(float) * MAXQ * (MAXN + 3)), *Sr = malloc(sizeof(float) * MAXQ * (MAXN + 3));
+    float *Y = malloc(sizeof(float) * MAXQ * (MAXHD + 4)), *Yr = malloc(sizeof(float) * MAXQ * (MAXHD + 4));
+    CHECK(K && Q && P && S && Sr && Y && Yr);
+    for (size_t i = 0; i < (size_t)MAXN * MAXHD + 1; i++) K[i] = (int8_t)(kvt_rand_u64(&s) % 255 - 127);
+    kt_fill(Q, (size_t)MAXQ * (MAXHD + 5), 1.0f, &s);
+    for (size_t i = 0; i < (size_t)MAXQ * (MAXN + 2); i++) P[i] = 0.5f * (kvt_randf(&s) + 1.0f);
+    for (int k = 0; k < nt && !kvt_failed(); k++)
+        for (size_t hi = 0; hi < KVP_ARRAY_LEN(sizes); hi++)
+            for (size_t ni = 0; ni < KVP_ARRAY_LEN(sizes); ni++)
+                for (size_t qi = 0; qi < KVP_ARRAY_LEN(heads); qi++) {
+                    const int hd = sizes[hi], n = sizes[ni], nq = heads[qi];
+                    const int ldq = hd + 5, lds = n + 3, ldy = hd + 4, ldp = n + 2;
+                    for (int i = 0; i < MAXQ * lds; i++) S[i] = Sr[i] = KT_SENTINEL;
+                    tabs[k].attn_scores_i8(K + 1, n, hd, Q, nq, ldq, 0.125f, S, lds);
+                    kvp_attn_scores_i8_ref(K + 1, n, hd, Q, nq, ldq, 0.125f, Sr, lds);
+                    for (int j = 0; j < MAXQ; j++)
+                        for (int t = 0; t < lds; t++) {
+                            const size_t o = (size_t)j * lds + t;
+                            if (j >= nq || t >= n) {
+                                CHECKF(S[o] == KT_SENTINEL, "%s i8 scores wrote S[%d][%d]", tabs[k].isa, j, t);
+                                continue;
+                            }
+                            double absum = 0;
+                            for (int c = 0; c < hd; c++) absum += fabs((double)K[1 + (size_t)t * hd + c] * Q[j * ldq + c]);
+                            CHECKF(kt_close(S[o], Sr[o], 0.125 * absum, 2e-6), "%s i8 scores hd %d n %d nq %d: S[%d][%d] = %g, ref %g",
+                                   tabs[k].isa, hd, n, nq, j, t, S[o], Sr[o]);
+                        }
+                    for (int j = 0; j < MAXQ; j++)
+                        for (int c = 0; c < ldy; c++)
+                            Y[j * ldy + c] = Yr[j * ldy + c] = j < nq && c < hd ? 0.01f * (float)(c - j) : KT_SENTINEL;
+                    tabs[k].attn_values_i8(Y, ldy, nq, P, ldp, K + 1, n, hd);
+                    kvp_attn_values_i8_ref(Yr, ldy, nq, P, ldp, K + 1, n, hd);
+                    for (int j = 0; j < MAXQ; j++)
+                        for (int c = 0; c < ldy; c++) {
+                            const size_t o = (size_t)j * ldy + c;
+                            if (j >= nq || c >= hd) {
+                                CHECKF(Y[o] == KT_SENTINEL, "%s i8 values wrote Y[%d][%d]", tabs[k].isa, j, c);
+                                continue;
+                            }
+                            double absum = 0.01 * abs(c - j);
+                            for (int t = 0; t < n; t++) absum += fabs((double)P[j * ldp + t] * K[1 + (size_t)t * hd + c]);
+                            CHECKF(kt_close(Y[o], Yr[o], absum, 2e-6), "%s i8 values hd %d n %d nq %d: Y[%d][%d] = %g, ref %g",
+                                   tabs[k].isa, hd, n, nq, j, c, Y[o], Yr[o]);
+                        }
+                }
+    free(K);
+    free(Q);
+    free(P);
+    free(S);
+    free(Sr);
+    free(Y);
+    free(Yr);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Layer ops against double precision.
  * ------------------------------------------------------------------------------------- */

@@ -87,6 +87,33 @@ TEST(select_q8_kernels_match_ref) {
             }
 }
 
+/* Long runs and many query rows: the scaled weights go through the stack buffer in chunks of
+ * rows (256) and of query rows (16 at 256 rows); the result matches the reference. */
+TEST(select_q8_values_chunked) {
+    enum { N = 600, NY = 20, HD = 33 };
+    unsigned long long seed = 11;
+    int8_t *V = malloc((size_t)N * HD);
+    float *vs = malloc(sizeof(float) * N), *P = malloc(sizeof(float) * NY * (N + 1));
+    float *Y1 = malloc(sizeof(float) * NY * HD), *Y2 = malloc(sizeof(float) * NY * HD), *S1 = malloc(sizeof(float) * NY * (N + 1));
+    float *S2 = malloc(sizeof(float) * NY * (N + 1)), *Q = malloc(sizeof(float) * NY * HD);
+    CHECK(V && vs && P && Y1 && Y2 && S1 && S2 && Q);
+    for (int i = 0; i < N * HD; i++) V[i] = (int8_t)(kvt_rand_u64(&seed) % 255 - 127);
+    for (int t = 0; t < N; t++) vs[t] = 0.01f * (1 + kvt_randf(&seed));
+    kvt_fill(P, (size_t)NY * (N + 1), &seed);
+    kvt_fill(Q, (size_t)NY * HD, &seed);
+    kvt_fill(Y1, (size_t)NY * HD, &seed);
+    memcpy(Y2, Y1, sizeof(float) * NY * HD);
+    kvp_sel_values_q8(Y1, HD, NY, P, N + 1, V, vs, N, HD);
+    kvp_sel_values_q8_ref(Y2, HD, NY, P, N + 1, V, vs, N, HD);
+    for (int i = 0; i < NY * HD; i++) CHECK_NEAR(Y1[i], Y2[i], 1e-3);
+    kvp_sel_scores_q8(V, vs, N, HD, Q, NY, HD, 0.5f, S1, N + 1);
+    kvp_sel_scores_q8_ref(V, vs, N, HD, Q, NY, HD, 0.5f, S2, N + 1);
+    for (int j = 0; j < NY; j++)
+        for (int t = 0; t < N; t++) CHECK_NEAR(S1[j * (N + 1) + t], S2[j * (N + 1) + t], 1e-4);
+    void *bufs[] = {V, vs, P, Y1, Y2, S1, S2, Q};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
+}
+
 TEST(select_q8_dequant_matches_ref) {
     unsigned long long seed = 21;
     const int hds[] = {1, 7, 8, 9, 64, 67};
@@ -173,6 +200,79 @@ TEST(select_attend_mixed_runs) {
         }
         for (int t = 0; t < N; t++) CHECK((pos[t] <= 50) == (s[t] > 0)); /* masked weights are exactly 0 */
     }
+}
+
+/* A retrieval query's runs as the cache passes them: an F16 sink run, many short 8-bit
+ * blocks scattered over a cold tier (including empty and one-row blocks), then F16 recent
+ * rows. Attending the 8-bit rows in place (int8 kernels, per-row scales applied to the
+ * scores and the weights) gives the attention of the same rows dequantized to floats first
+ * (the cold dequantization this path replaced), for GQA groups and odd head sizes. */
+static void kvt_q8_in_place_case(int hd, int nq, unsigned long long seed) {
+    enum { NB = 40, MAXR = 33, NS = 4, NR = 9 };
+    const int lens[] = {16, 16, 3, 0, 16, 31, 1, 16, 33, 16};
+    int n8 = 0, len[NB], off[NB], order[NB];
+    for (int b = 0; b < NB; b++) n8 += len[b] = lens[b % 10];
+    int n = NS + n8 + NR, *pos = malloc(sizeof(int) * (size_t)n);
+    int8_t *k8 = malloc((size_t)n8 * hd), *v8 = malloc((size_t)n8 * hd);
+    uint16_t *k16 = malloc(sizeof(uint16_t) * (NS + NR) * (size_t)hd), *v16 = malloc(sizeof(uint16_t) * (NS + NR) * (size_t)hd);
+    float *ks = malloc(sizeof(float) * (size_t)n8), *vs = malloc(sizeof(float) * (size_t)n8), x[1024];
+    float *kf = malloc(sizeof(float) * (size_t)n * hd), *vf = malloc(sizeof(float) * (size_t)n * hd);
+    float *q = malloc(sizeof(float) * (size_t)nq * hd), *s1 = malloc(sizeof(float) * (size_t)nq * (n + 8));
+    float *s2 = malloc(sizeof(float) * (size_t)nq * (n + 8)), *y1 = malloc(sizeof(float) * (size_t)nq * hd);
+    float *y2 = malloc(sizeof(float) * (size_t)nq * hd);
+    kvp_rows *runs = malloc(sizeof(kvp_rows) * (NB + 2));
+    for (int b = 0; b < NB; b++) order[b] = (b * 17 + 5) % NB; /* blocks stored scrambled, as in the tier */
+    for (int b = 0, o = 0; b < NB; b++) {
+        off[order[b]] = o;
+        o += len[order[b]];
+    }
+    for (int i = 0; i < n; i++) pos[i] = 2 * i + (i > n / 2); /* gaps: the unchosen blocks */
+    for (int i = 0; i < n; i++) { /* row i of the attended sequence, and where it lives */
+        kvt_fill(x, (size_t)hd, &seed);
+        for (int c = 0; c < hd; c++) x[c] *= 3; /* scores of a few units: a peaked softmax */
+        int r = i - NS, b = 0, f16 = i < NS || i >= NS + n8, h = i < NS ? i : i - n8;
+        for (; !f16 && r >= len[b]; b++) r -= len[b];
+        for (int part = 0; part < 2; part++) {
+            float *dst = (part ? vf : kf) + (size_t)i * hd;
+            if (part) kvt_fill(x, (size_t)hd, &seed);
+            if (f16) {
+                uint16_t *h16 = (part ? v16 : k16) + (size_t)h * hd;
+                for (int c = 0; c < hd; c++) dst[c] = kvp_f16_to_f32(h16[c] = kvp_f32_to_f16(x[c]));
+                continue;
+            }
+            int8_t *row = (part ? v8 : k8) + (size_t)(off[b] + r) * hd;
+            float *sc = (part ? vs : ks) + off[b] + r;
+            kvp_sel_quant_q8(x, hd, row, sc);
+            kvp_sel_dequant_q8_ref(row, sc, 1, hd, dst);
+        }
+    }
+    int nr = 0, row = NS;
+    runs[nr++] = (kvp_rows){KVP_ROWS_F16, NS, k16, v16, NULL, NULL, pos, 0, NULL, 0, 0};
+    for (int b = 0; b < NB; row += len[b], b++)
+        runs[nr++] = (kvp_rows){KVP_ROWS_Q8, len[b], k8 + (size_t)off[b] * hd, v8 + (size_t)off[b] * hd, ks + off[b],
+                                vs + off[b], pos + row, 0, NULL, 0, 0};
+    runs[nr++] = (kvp_rows){KVP_ROWS_F16, NR, k16 + (size_t)NS * hd, v16 + (size_t)NS * hd, NULL, NULL, pos + row, 0, NULL, 0, 0};
+    kvt_fill(q, (size_t)nq * hd, &seed);
+    int qpos = pos[n - 3]; /* the last two recent rows are masked */
+    kvp_attn_io io = {q, nq, &qpos, nq, 1.0f / sqrtf((float)hd), s1, n + 8, y1, NULL, NULL};
+    CHECK(kvp_sel_attend(runs, nr, hd, &io) == n);
+    kvp_rows one = {KVP_ROWS_F32, n, kf, vf, NULL, NULL, pos, 0, NULL, 0, 0};
+    io.s = s2;
+    io.y = y2;
+    CHECK(kvp_sel_attend(&one, 1, hd, &io) == n);
+    double wy = 0, ws = 0;
+    for (int i = 0; i < nq * hd; i++) wy = fmax(wy, fabs(y1[i] - y2[i]));
+    for (int j = 0; j < nq; j++)
+        for (int t = 0; t < n; t++) ws = fmax(ws, fabs(s1[j * (n + 8) + t] - s2[j * (n + 8) + t]));
+    CHECKF(wy < 2e-6 && ws < 1e-6, "hd %d nq %d: output differs by %g, weights by %g", hd, nq, wy, ws);
+    CHECK(s1[n - 1] == 0 && s1[n - 2] == 0 && s1[n - 3] > 0);
+    void *bufs[] = {pos, k8, v8, k16, v16, ks, vs, kf, vf, q, s1, s2, y1, y2, runs};
+    for (size_t i = 0; i < KVP_ARRAY_LEN(bufs); i++) free(bufs[i]);
+}
+
+TEST(select_attend_q8_in_place_equals_dequantized) {
+    const int hds[] = {64, 33, 1, 128, 1023}, nqs[] = {3, 1, 4, 2, 3};
+    for (int i = 0; i < 5 && !kvt_failed(); i++) kvt_q8_in_place_case(hds[i], nqs[i], 1000 + (unsigned long long)i);
 }
 
 /* ---- eviction policies on hand-made scores ---- */

@@ -91,6 +91,26 @@ void kvp_attn_values_f16_ref(float *Y, int ldy, int ny, const float *P, int ldp,
         }
 }
 
+void kvp_attn_scores_i8_ref(const int8_t *K, int n, int hd, const float *Q, int nq, int ldq,
+                            float scale, float *S, int lds) {
+    for (int j = 0; j < nq; j++)
+        for (int t = 0; t < n; t++) {
+            double s = 0;
+            for (int c = 0; c < hd; c++) s += (double)K[(size_t)t * hd + c] * Q[(size_t)j * ldq + c];
+            S[(size_t)j * lds + t] = (float)(scale * s);
+        }
+}
+
+void kvp_attn_values_i8_ref(float *Y, int ldy, int ny, const float *P, int ldp,
+                            const int8_t *V, int n, int hd) {
+    for (int j = 0; j < ny; j++)
+        for (int c = 0; c < hd; c++) {
+            double s = Y[(size_t)j * ldy + c];
+            for (int t = 0; t < n; t++) s += (double)P[(size_t)j * ldp + t] * V[(size_t)t * hd + c];
+            Y[(size_t)j * ldy + c] = (float)s;
+        }
+}
+
 /* ---------------------------------------------------------------------------------------
  * The scalar table: plain C with several independent partial sums, so the compiler's
  * baseline vectorizer (SSE2 on x86-64) can work on it.
@@ -225,6 +245,40 @@ static void kvp_sc_attn_values_f16(float *Y, int ldy, int ny, const float *P, in
     }
 }
 
+/* 8-bit rows: each row converted to floats once (rows of up to KVP_SC_CHUNK values), then
+ * the F32 kernels. */
+static void kvp_sc_i8_to_f32(const int8_t *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = (float)x[i];
+}
+
+static void kvp_sc_attn_scores_i8(const int8_t *K, int n, int hd, const float *Q, int nq,
+                                  int ldq, float scale, float *S, int lds) {
+    float buf[KVP_SC_CHUNK];
+    for (int t = 0; t < n; t++) {
+        const int8_t *k = K + (size_t)t * hd;
+        if (hd > KVP_SC_CHUNK) {
+            kvp_attn_scores_i8_ref(k, 1, hd, Q, nq, ldq, scale, S + t, lds);
+            continue;
+        }
+        kvp_sc_i8_to_f32(k, buf, hd);
+        for (int j = 0; j < nq; j++) S[(size_t)j * lds + t] = scale * kvp_sc_dot_f32(buf, Q + (size_t)j * ldq, hd);
+    }
+}
+
+static void kvp_sc_attn_values_i8(float *Y, int ldy, int ny, const float *P, int ldp,
+                                  const int8_t *V, int n, int hd) {
+    float buf[KVP_SC_CHUNK];
+    for (int t = 0; t < n; t++) {
+        const int8_t *v = V + (size_t)t * hd;
+        if (hd > KVP_SC_CHUNK) {
+            kvp_attn_values_i8_ref(Y, ldy, ny, P + t, ldp, v, 1, hd);
+            continue;
+        }
+        kvp_sc_i8_to_f32(v, buf, hd);
+        for (int j = 0; j < ny; j++) kvp_sc_axpy_f32(Y + (size_t)j * ldy, P[(size_t)j * ldp + t], buf, hd);
+    }
+}
+
 void kvp_ktable_fill_scalar(kvp_ktable *t) {
     memset(t, 0, sizeof *t);
     t->isa = "scalar";
@@ -242,6 +296,8 @@ void kvp_ktable_fill_scalar(kvp_ktable *t) {
     t->attn_scores_f16 = kvp_sc_attn_scores_f16;
     t->attn_values_f32 = kvp_sc_attn_values_f32;
     t->attn_values_f16 = kvp_sc_attn_values_f16;
+    t->attn_scores_i8 = kvp_sc_attn_scores_i8;
+    t->attn_values_i8 = kvp_sc_attn_values_i8;
     t->f32_to_f16_row = kvp_sc_f32_to_f16_row;
     t->f16_to_f32_row = kvp_sc_f16_to_f32_row;
     t->softmax = kvp_softmax_c;
@@ -421,6 +477,16 @@ void kvp_attn_values_f32(float *Y, int ldy, int ny, const float *P, int ldp, con
 void kvp_attn_values_f16(float *Y, int ldy, int ny, const float *P, int ldp,
                          const uint16_t *V, int n, int hd) {
     if (n > 0 && ny > 0 && hd > 0) kvp_ktable_active()->attn_values_f16(Y, ldy, ny, P, ldp, V, n, hd);
+}
+
+void kvp_attn_scores_i8(const int8_t *K, int n, int hd, const float *Q, int nq, int ldq,
+                        float scale, float *S, int lds) {
+    if (n > 0 && nq > 0) kvp_ktable_active()->attn_scores_i8(K, n, hd, Q, nq, ldq, scale, S, lds);
+}
+
+void kvp_attn_values_i8(float *Y, int ldy, int ny, const float *P, int ldp, const int8_t *V,
+                        int n, int hd) {
+    if (n > 0 && ny > 0 && hd > 0) kvp_ktable_active()->attn_values_i8(Y, ldy, ny, P, ldp, V, n, hd);
 }
 
 void kvp_f32_to_f16_row(const float *x, uint16_t *y, int n) {

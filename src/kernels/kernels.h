@@ -93,6 +93,17 @@ void kvp_attn_values_f16(float *Y, int ldy, int ny, const float *P, int ldp,
                          const uint16_t *V, int n, int hd);
 void kvp_attn_values_f16_ref(float *Y, int ldy, int ny, const float *P, int ldp,
                              const uint16_t *V, int n, int hd);
+/* The same over rows of signed 8-bit integers (no scale: a caller with per-row scales
+ * multiplies the scores, or the weights P, by them): the cold tier's 8-bit rows attended in
+ * place, each row loaded once for the group instead of converted to floats first. */
+void kvp_attn_scores_i8(const int8_t *K, int n, int hd, const float *Q, int nq, int ldq,
+                        float scale, float *S, int lds);
+void kvp_attn_scores_i8_ref(const int8_t *K, int n, int hd, const float *Q, int nq, int ldq,
+                            float scale, float *S, int lds);
+void kvp_attn_values_i8(float *Y, int ldy, int ny, const float *P, int ldp,
+                        const int8_t *V, int n, int hd);
+void kvp_attn_values_i8_ref(float *Y, int ldy, int ny, const float *P, int ldp,
+                            const int8_t *V, int n, int hd);
 
 void kvp_f32_to_f16_row(const float *x, uint16_t *y, int n);
 void kvp_f16_to_f32_row(const uint16_t *x, float *y, int n);

@@ -77,13 +77,16 @@ KVP_UNROLL
 static const int32_t kvp_mask_src[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 KVP_AI __m256i kvp_mask8(int m) { return _mm256_loadu_si256((const __m256i *)(kvp_mask_src + 8 - m)); }
 
-enum { KVP_E_F32 = 0, KVP_E_F16 = 1, KVP_E_BF16 = 2 };
+/* Element types; I8: signed 8-bit integers (the cold tier's 8-bit rows, whose per-row
+ * scales the callers apply). */
+enum { KVP_E_F32 = 0, KVP_E_F16 = 1, KVP_E_BF16 = 2, KVP_E_I8 = 3 };
 
-KVP_AI size_t kvp_esize(const int et) { return et == KVP_E_F32 ? 4 : 2; }
+KVP_AI size_t kvp_esize(const int et) { return et == KVP_E_F32 ? 4 : et == KVP_E_I8 ? 1 : 2; }
 
 /* 8 values of element type et at p, as floats. */
 KVP_AI __m256 kvp_ld(const int et, const void *p) {
     if (et == KVP_E_F32) return _mm256_loadu_ps(p);
+    if (et == KVP_E_I8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
     const __m128i h = _mm_loadu_si128((const __m128i *)p);
     if (et == KVP_E_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -93,7 +96,7 @@ KVP_AI __m256 kvp_ld(const int et, const void *p) {
 KVP_AI __m256 kvp_ld_part(const int et, const void *p, int m) {
     if (et == KVP_E_F32) return _mm256_maskload_ps(p, kvp_mask8(m));
     uint16_t tmp[8] = {0};
-    memcpy(tmp, p, (size_t)m * 2);
+    memcpy(tmp, p, (size_t)m * kvp_esize(et));
     return kvp_ld(et, tmp);
 }
 
@@ -559,7 +562,8 @@ KVP_AI void kvp_scores_rows(const int et, const int H, const char *K, int t0, in
     const size_t krow = (size_t)hd * kvp_esize(et);
     int t = t0;
     for (; t + 4 <= t1; t += 4) {
-        for (size_t o = 0; o < 4 * krow; o += 64) kvp_prefetch(K + t * krow + o);
+        if (et != KVP_E_I8) /* 8-bit rows: short scattered runs the caller prefetches */
+            for (size_t o = 0; o < 4 * krow; o += 64) kvp_prefetch(K + t * krow + o);
         kvp_scores_tile(et, 4, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
     }
     for (; t < t1; t++) kvp_scores_tile(et, 1, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
@@ -586,6 +590,10 @@ static void kvp_attn_scores_f16_avx2(const uint16_t *K, int n, int hd, const flo
                                      int ldq, float scale, float *S, int lds) {
     kvp_scores(KVP_E_F16, K, n, hd, Q, nq, ldq, scale, S, lds);
 }
+static void kvp_attn_scores_i8_avx2(const int8_t *K, int n, int hd, const float *Q, int nq,
+                                    int ldq, float scale, float *S, int lds) {
+    kvp_scores(KVP_E_I8, K, n, hd, Q, nq, ldq, scale, S, lds);
+}
 
 /* Y[h][c] += sum_t P[h][t] V[t][c] for H heads, nr rows, the columns [0, width) of a chunk
  * of CW vectors (width > 8 * (CW - 1)). */
@@ -606,7 +614,8 @@ KVP_UNROLL
 KVP_UNROLL
         for (int h = 0; h < H; h++) p[h] = _mm256_broadcast_ss(P + (size_t)h * ldp + t);
         const char *v = V + t * vrow;
-        for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
+        if (et != KVP_E_I8)
+            for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
 KVP_UNROLL
         for (int c = 0; c < CW; c++) {
             const __m256 x = c < CW - 1 || lastw == 8 ? kvp_ld(et, v + (size_t)(8 * c) * es)
@@ -675,6 +684,10 @@ static void kvp_attn_values_f32_avx2(float *Y, int ldy, int ny, const float *P, 
 static void kvp_attn_values_f16_avx2(float *Y, int ldy, int ny, const float *P, int ldp,
                                      const uint16_t *V, int n, int hd) {
     kvp_values(KVP_E_F16, Y, ldy, ny, P, ldp, V, n, hd);
+}
+static void kvp_attn_values_i8_avx2(float *Y, int ldy, int ny, const float *P, int ldp,
+                                    const int8_t *V, int n, int hd) {
+    kvp_values(KVP_E_I8, Y, ldy, ny, P, ldp, V, n, hd);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -779,6 +792,8 @@ void kvp_ktable_fill_avx2(kvp_ktable *t) {
     t->attn_scores_f16 = kvp_attn_scores_f16_avx2;
     t->attn_values_f32 = kvp_attn_values_f32_avx2;
     t->attn_values_f16 = kvp_attn_values_f16_avx2;
+    t->attn_scores_i8 = kvp_attn_scores_i8_avx2;
+    t->attn_values_i8 = kvp_attn_values_i8_avx2;
     t->f32_to_f16_row = kvp_f32_to_f16_row_avx2;
     t->f16_to_f32_row = kvp_f16_to_f32_row_avx2;
     t->softmax = kvp_softmax_avx2;

@@ -96,14 +96,16 @@ KVP_UNROLL
 
 KVP_AI __mmask16 kvp_mask16(int m) { return (__mmask16)((1u << m) - 1u); }
 
-/* Element types of weights and cached rows. */
-enum { KVP_E_F32 = 0, KVP_E_F16 = 1, KVP_E_BF16 = 2 };
+/* Element types of weights and cached rows; I8: signed 8-bit integers (the cold tier's
+ * 8-bit rows, whose per-row scales the callers apply). */
+enum { KVP_E_F32 = 0, KVP_E_F16 = 1, KVP_E_BF16 = 2, KVP_E_I8 = 3 };
 
-KVP_AI size_t kvp_esize(const int et) { return et == KVP_E_F32 ? 4 : 2; }
+KVP_AI size_t kvp_esize(const int et) { return et == KVP_E_F32 ? 4 : et == KVP_E_I8 ? 1 : 2; }
 
 /* 16 values of element type et at p, as floats. */
 KVP_AI __m512 kvp_ld(const int et, const void *p) {
     if (et == KVP_E_F32) return _mm512_loadu_ps(p);
+    if (et == KVP_E_I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
     const __m256i h = _mm256_loadu_si256((const __m256i *)p);
     if (et == KVP_E_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -112,6 +114,7 @@ KVP_AI __m512 kvp_ld(const int et, const void *p) {
 /* The first m values (lanes of mask) at p; the other lanes are 0 and are not read. */
 KVP_AI __m512 kvp_ld_mask(const int et, const void *p, __mmask16 mask) {
     if (et == KVP_E_F32) return _mm512_maskz_loadu_ps(mask, p);
+    if (et == KVP_E_I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
     const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
     if (et == KVP_E_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -801,7 +804,8 @@ KVP_AI void kvp_scores_rows(const int et, const int H, const char *K, int t0, in
     const size_t krow = (size_t)hd * kvp_esize(et);
     int t = t0;
     for (; t + R <= t1; t += R) {
-        for (size_t o = 0; o < R * krow; o += 64) kvp_prefetch(K + t * krow + o);
+        if (et != KVP_E_I8) /* 8-bit rows: short scattered runs the caller prefetches */
+            for (size_t o = 0; o < R * krow; o += 64) kvp_prefetch(K + t * krow + o);
         kvp_scores_tile(et, R, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
     }
     for (; t < t1; t++) kvp_scores_tile(et, 1, H, K + t * krow, hd, Q, ldq, scale, S + t, lds);
@@ -836,6 +840,10 @@ static void kvp_attn_scores_f16_avx512(const uint16_t *K, int n, int hd, const f
                                        int ldq, float scale, float *S, int lds) {
     kvp_scores(KVP_E_F16, K, n, hd, Q, nq, ldq, scale, S, lds);
 }
+static void kvp_attn_scores_i8_avx512(const int8_t *K, int n, int hd, const float *Q, int nq,
+                                      int ldq, float scale, float *S, int lds) {
+    kvp_scores(KVP_E_I8, K, n, hd, Q, nq, ldq, scale, S, lds);
+}
 
 /* Y[h][c] += sum_t P[h][t] V[t][c] for H heads, nr rows, and the columns [0, width) of a
  * chunk of CW vectors (width > 16 * (CW - 1)); V points at (row 0, column 0 of the chunk).
@@ -856,7 +864,8 @@ KVP_UNROLL
 KVP_UNROLL
         for (int h = 0; h < H; h++) p[h] = _mm512_set1_ps(P[(size_t)h * ldp + t]);
         const char *v = V + t * vrow;
-        for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
+        if (et != KVP_E_I8)
+            for (size_t o = 0; o < vrow; o += 64) kvp_prefetch(v + o);
 KVP_UNROLL
         for (int c = 0; c < CW; c++) {
             const __m512 x = c < CW - 1 ? kvp_ld(et, v + (size_t)(16 * c) * es)
@@ -935,6 +944,10 @@ static void kvp_attn_values_f32_avx512(float *Y, int ldy, int ny, const float *P
 static void kvp_attn_values_f16_avx512(float *Y, int ldy, int ny, const float *P, int ldp,
                                        const uint16_t *V, int n, int hd) {
     kvp_values(KVP_E_F16, Y, ldy, ny, P, ldp, V, n, hd);
+}
+static void kvp_attn_values_i8_avx512(float *Y, int ldy, int ny, const float *P, int ldp,
+                                      const int8_t *V, int n, int hd) {
+    kvp_values(KVP_E_I8, Y, ldy, ny, P, ldp, V, n, hd);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1026,6 +1039,8 @@ void kvp_ktable_fill_avx512(kvp_ktable *t) {
     t->attn_scores_f16 = kvp_attn_scores_f16_avx512;
     t->attn_values_f32 = kvp_attn_values_f32_avx512;
     t->attn_values_f16 = kvp_attn_values_f16_avx512;
+    t->attn_scores_i8 = kvp_attn_scores_i8_avx512;
+    t->attn_values_i8 = kvp_attn_values_i8_avx512;
     t->f32_to_f16_row = kvp_f32_to_f16_row_avx512;
     t->f16_to_f32_row = kvp_f16_to_f32_row_avx512;
     t->softmax = kvp_softmax_avx512;

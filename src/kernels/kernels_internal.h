@@ -66,6 +66,10 @@ typedef struct kvp_ktable {
                             const float *V, int n, int hd);
     void (*attn_values_f16)(float *Y, int ldy, int ny, const float *P, int ldp,
                             const uint16_t *V, int n, int hd);
+    void (*attn_scores_i8)(const int8_t *K, int n, int hd, const float *Q, int nq, int ldq,
+                           float scale, float *S, int lds);
+    void (*attn_values_i8)(float *Y, int ldy, int ny, const float *P, int ldp,
+                           const int8_t *V, int n, int hd);
     /* Bit-identical to the scalar conversions of common.h, except NaN payloads. */
     void (*f32_to_f16_row)(const float *x, uint16_t *y, int n);
     void (*f16_to_f32_row)(const uint16_t *x, float *y, int n);

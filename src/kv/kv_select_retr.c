@@ -36,7 +36,9 @@ typedef struct {
     float *bs, *ub, *tmp;     /* (cap_blk) pooled block scores; (group, cap_blk) per query row, twice */
     int *len, *order, *sel;   /* (cap_blk) */
     kvp_rows *runs;           /* (cap_blk + 4) */
-    float *rows;              /* (lds, hd): the chosen rows gathered as floats */
+    float *rows;              /* KQ cold tier only, else NULL: (lds, hd) the chosen rows gathered
+                               * as floats (kvp_attn_io.buf); 8-bit and F16 rows are attended
+                               * in place */
     int qpos, max_att;
 } kvp_rt_scratch;
 
@@ -134,8 +136,9 @@ static int kvp_rt_scratch_one(kvp_kv_retr *c, kvp_rt_scratch *w) {
     w->order = malloc(sizeof(int) * nb);
     w->sel = malloc(sizeof(int) * nb);
     w->runs = malloc(sizeof(kvp_rows) * (nb + 4));
-    w->rows = kvp_amalloc(sizeof(float) * (size_t)c->scr_lds * hd);
-    if (!w->q || !w->y || !w->absq || !w->s || !w->bs || !w->ub || !w->tmp || !w->len || !w->order || !w->sel || !w->runs || !w->rows)
+    w->rows = c->kq_name ? kvp_amalloc(sizeof(float) * (size_t)c->scr_lds * hd) : NULL;
+    if (!w->q || !w->y || !w->absq || !w->s || !w->bs || !w->ub || !w->tmp || !w->len || !w->order || !w->sel || !w->runs ||
+        (c->kq_name && !w->rows))
         return kvp_seterr(KVP_ENOMEM, "out of memory for retrieval scratch");
     return KVP_OK;
 }
@@ -349,7 +352,7 @@ static void kvp_rt_score(const kvp_kv_retr *c, kvp_rt_scratch *w, int layer, int
     for (int j = 1; j < g; j++) {
         const float *u = w->ub + (size_t)j * nb;
         if (c->kind == KVP_RT_QUEST)
-            for (int b = 0; b < nb; b++) w->bs[b] = fmaxf(w->bs[b], u[b]);
+            for (int b = 0; b < nb; b++) w->bs[b] = u[b] > w->bs[b] ? u[b] : w->bs[b]; /* fmaxf is a libm call */
         else
             for (int b = 0; b < nb; b++) w->bs[b] += u[b];
     }
@@ -712,11 +715,11 @@ static int kvp_rt_init(kvp_kv_retr *c, const kvp_sel_params *p, kvp_sel_args *a)
     const kvp_kv_shape *s = &c->base.shape;
     KVP_TRY(kvp_rt_params(c, p, a));
     if (kvp_rt_alloc(c, p) < 0) return kvp_seterr(KVP_ENOMEM, "out of memory creating the %s cache", a->name);
+    char cold[512];
+    KVP_TRY(kvp_rt_cold_kq(c, p, cold, sizeof cold)); /* before the scratch, which depends on kq_name */
     c->scr_lds = kvp_budget_at(&c->budget, s->n_ctx) + 64;
     KVP_TRY(kvp_rt_grow(c, 64));
     KVP_TRY(kvp_rt_scratch_fit(c));
-    char cold[512];
-    KVP_TRY(kvp_rt_cold_kq(c, p, cold, sizeof cold));
     KVP_TRY(kvp_tier_new(cold, s->n_kv_heads, s->head_dim, &c->cold));
     if (c->kq_name) KVP_TRY(kvp_tier_use_kq(c->cold, c->kv_name[1] - '0', c->kv_name[3] - '0'));
     char sel[48];

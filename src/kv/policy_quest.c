@@ -57,12 +57,12 @@ static void kvp_blk_select(const float *score, int *idx, int n, int k) {
         idx[mid] = idx[hi];
         idx[hi] = t;
         int piv = idx[hi], store = lo;
-        for (int i = lo; i < hi; i++)
-            if (kvp_blk_better(score, idx[i], piv)) {
-                t = idx[i];
-                idx[i] = idx[store];
-                idx[store++] = t;
-            }
+        for (int i = lo; i < hi; i++) { /* swap always, advance on a win: no branch to mispredict */
+            t = idx[i];
+            idx[i] = idx[store];
+            idx[store] = t;
+            store += kvp_blk_better(score, t, piv);
+        }
         idx[hi] = idx[store];
         idx[store] = piv;
         if (store == k || store == k - 1) return;

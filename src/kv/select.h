@@ -119,8 +119,9 @@ typedef struct kvp_attn_io {
     float *s;        /* scratch (nq, lds): on return the attention weights of every row */
     int lds;         /* >= the total rows of the runs */
     float *y;        /* (nq, hd) output */
-    float *buf;      /* NULL, or scratch (lds, hd): the runs' keys, then values, are gathered
-                      * into it as floats and attended with one kernel call each */
+    float *buf;      /* NULL, or scratch (lds, hd) used when a run is KQ tiles: the runs' keys,
+                      * then values, are gathered into it as floats and attended with one
+                      * kernel call each; F32, F16 and 8-bit runs are always attended in place */
     void *kscr;      /* without buf, for KQ runs: kvp_sel_kq_scratch(nq, hd) bytes, 64-aligned */
 } kvp_attn_io;
 
@@ -149,9 +150,11 @@ int kvp_kq_spec_parse(const char *spec, int *kbits, int *vbits, int *recent);
 /* Causal attention of io->nq query rows over the runs, taken in order as one sequence of
  * rows: row t of the sequence is visible to query row r iff its position <= qpos[r/group].
  * Fills io->s with the softmax weights (0 where masked) and io->y with the output. Returns
- * the total number of rows. With io->buf the many short runs of a retrieval query (16-row
- * pages) cost two kernel calls instead of two per run; the result is the same up to the
- * order of float additions. */
+ * the total number of rows. Runs are attended in place, each with the kernels of its format
+ * (8-bit rows through the int8 kernels, never copied as floats), while the runs a few places
+ * ahead are prefetched: a retrieval query's runs are short blocks scattered over the cold
+ * tier. With io->buf and a KQ run, the runs are gathered as floats instead (the result is
+ * the same up to the order of float additions). */
 int kvp_sel_attend(const kvp_rows *runs, int n_runs, int hd, const kvp_attn_io *io);
 
 /* 8-bit rows (symmetric, one float scale per row of hd values), the cold tier's format:
@@ -165,8 +168,10 @@ void kvp_sel_values_q8(float *Y, int ldy, int ny, const float *P, int ldp, const
                        int n, int hd);
 void kvp_sel_values_q8_ref(float *Y, int ldy, int ny, const float *P, int ldp, const int8_t *V,
                            const float *vs, int n, int hd);
-/* x (n, hd) = scale[t] * q (n, hd): the rows as floats. The fast scores and values
- * dequantize a chunk of rows into a buffer in L1 and run the F32 attention kernels on it. */
+/* x (n, hd) = scale[t] * q (n, hd): the rows as floats (the gathered attention of runs
+ * that include KQ tiles). The fast scores and values above do not dequantize: they run the
+ * int8 attention kernels (kernels.h) on the rows in place and apply the scales to the
+ * scores, and to the weights P, in chunks. */
 void kvp_sel_dequant_q8(const int8_t *q, const float *scale, int n, int hd, float *x);
 void kvp_sel_dequant_q8_ref(const int8_t *q, const float *scale, int n, int hd, float *x);
 void kvp_sel_dequant_q8_avx2(const int8_t *q, const float *scale, int n, int hd, float *x);
